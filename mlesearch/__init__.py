@@ -1,0 +1,40 @@
+"""mlesearch: MLE-guided parameter search (MGS) as an optax transformation.
+
+Optimise a metric that you cannot differentiate (accuracy, F1, BLEU, repetition, a reward) with one
+more transformation in your optax chain::
+
+    tx = optax.chain(optax.adam(1e-3), mlesearch.mgs(num_candidates=8, sigma=0.1))
+    updates, state = tx.update(grads, state, params, task_loss_fn=metric_loss)
+
+References:
+  Welleck & Cho, MLE-guided parameter search for task loss minimization in neural sequence
+  modeling, AAAI 2021, https://arxiv.org/abs/2006.03158.
+"""
+
+from mlesearch.sampling import (
+    auto_temperature,
+    candidate_weights,
+    component_sizes,
+    effective_sample_size,
+    log_proposal_density,
+    proposal_scales,
+    sample_candidate,
+    sample_candidates,
+)
+from mlesearch.transform import MGSInfo, MGSState, mgs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MGSInfo",
+    "MGSState",
+    "auto_temperature",
+    "candidate_weights",
+    "component_sizes",
+    "effective_sample_size",
+    "log_proposal_density",
+    "mgs",
+    "proposal_scales",
+    "sample_candidate",
+    "sample_candidates",
+]

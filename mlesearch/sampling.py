@@ -1,0 +1,398 @@
+r"""The maths of MLE-guided parameter search, as pure functions on pytrees.
+
+Everything here is a pure function of arrays and keys: candidate sampling from the mixture proposal,
+its log density, the self-normalised importance weights, the effective sample size and the automatic
+temperature. The optax plumbing (state, keys, extra arguments, chunking) lives in `transform.py`.
+
+The proposal over a parameter perturbation :math:`\Delta` is the two-component mixture
+
+.. math::
+    q(\Delta) = \lambda \, \mathcal{N}(\Delta; 0, \sigma^2 I)
+        + (1 - \lambda) \, \mathcal{N}(\Delta; u, \sigma^2 I),
+
+where :math:`u` is the guide (the update that the differentiable surrogate proposes). The scale
+:math:`\sigma` may differ between the leaves of the parameter tree (``noise="relative"``), so every
+function here takes a pytree of per-leaf scales.
+
+References:
+  [1] Welleck & Cho, `MLE-guided parameter search for task loss minimization in neural sequence
+  modeling <https://arxiv.org/abs/2006.03158>`_, AAAI 2021.
+  [2] Owen, *Monte Carlo theory, methods and examples*, 2013, ch. 9 (self-normalised importance
+  sampling, effective sample size).
+  [3] Veach & Guibas, *Optimally combining sampling techniques for Monte Carlo rendering*,
+  SIGGRAPH 1995 (the balance heuristic for stratified mixtures).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+WEIGHTINGS = ("importance", "tilted")
+NOISE_SCALES = ("absolute", "relative")
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# Bisection bracket for the automatic temperature, in units of log(loss spread): e^±25 spans about
+# 22 orders of magnitude around the spread of the losses, far past full collapse and full flatness.
+_AUTO_LOG_BRACKET = 25.0
+_AUTO_BISECTION_STEPS = 40
+
+
+def component_sizes(num_candidates: int, mix: float) -> tuple[int, int]:
+    r"""Splits ``num_candidates`` between the zero-mean and the guided component.
+
+    Stratified allocation: :math:`k_0 = \mathrm{round}(\lambda n)` candidates come from
+    :math:`\mathcal{N}(0, \sigma^2 I)` and the other :math:`n - k_0` from
+    :math:`\mathcal{N}(u, \sigma^2 I)`. Candidates ``0 .. k0-1`` are zero-mean, the rest guided.
+
+    Args:
+      num_candidates: n, the number of candidates (a Python int, at least 1).
+      mix: λ in [0, 1], the share of zero-mean candidates.
+
+    Returns:
+      ``(k0, n - k0)``: the number of zero-mean and of guided candidates.
+
+    References:
+      [3] Veach & Guibas 1995.
+    """
+    num_zero_mean = int(round(mix * num_candidates))
+    return num_zero_mean, num_candidates - num_zero_mean
+
+
+def proposal_scales(guide: chex.ArrayTree, sigma: chex.Numeric, noise: str = "absolute") -> Any:
+    r"""Per-leaf standard deviations of the proposal.
+
+    ``"absolute"``: :math:`\sigma_\ell = \sigma` for every leaf :math:`\ell`. ``"relative"``:
+    :math:`\sigma_\ell = \sigma \cdot \mathrm{mean}|u_\ell|`, as in the released code of [1]. A
+    relative scale is zero on a leaf where the guide is zero: both components then put a point mass
+    on zero there, and the leaf takes no part in the density.
+
+    Args:
+      guide: the guide update u, a pytree of arrays.
+      sigma: the noise scale, a scalar (may be traced).
+      noise: ``"absolute"`` or ``"relative"``.
+
+    Returns:
+      A pytree with the structure of ``guide`` whose leaves are float32 scalars, shape ``()``.
+
+    References:
+      [1] Welleck & Cho 2020, arXiv 2006.03158.
+    """
+    if noise not in NOISE_SCALES:
+        raise ValueError(f"noise must be one of {NOISE_SCALES}, got {noise!r}.")
+    sigma = jnp.asarray(sigma, jnp.float32)
+    if noise == "absolute":
+        return jax.tree.map(lambda _: sigma, guide)
+
+    def relative(leaf: jax.Array) -> jax.Array:
+        mean_abs = jnp.sum(jnp.abs(leaf.astype(jnp.float32))) / max(leaf.size, 1)
+        return sigma * mean_abs
+
+    return jax.tree.map(relative, guide)
+
+
+def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree) -> Any:
+    """Float32 standard normal noise shaped like ``tree``, from one draw for all leaves.
+
+    One draw rather than one per leaf: each random draw site compiles to its own copy of the
+    generator, so per-leaf draws make compile time grow with the number of leaves.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    sizes = [math.prod(jnp.shape(leaf)) for leaf in leaves]
+    flat = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    offsets = list(itertools.accumulate(sizes, initial=0))[:-1]
+    parts = [
+        jax.lax.slice_in_dim(flat, start, start + size).reshape(jnp.shape(leaf))
+        for leaf, start, size in zip(leaves, offsets, sizes, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, parts)
+
+
+def sample_candidate(
+    key: jax.Array,
+    index: chex.Numeric,
+    guide: chex.ArrayTree,
+    scales: chex.ArrayTree,
+    num_zero_mean: int,
+    antithetic: bool = False,
+) -> Any:
+    r"""Draws candidate number ``index`` of a stratified sample from the mixture proposal.
+
+    Candidate ``i`` is :math:`\Delta_i = m_i + \sigma \epsilon_i`, with :math:`m_i = 0` for
+    ``i < num_zero_mean`` and :math:`m_i = u` otherwise, and :math:`\epsilon_i` standard normal
+    noise drawn in float32 from ``fold_in(key, i)``. Each candidate depends on its own index only,
+    so a candidate can be drawn again later, bit for bit, instead of being stored. With
+    ``antithetic``, candidates ``2j`` and ``2j + 1`` share their noise with opposite signs,
+    :math:`(m + \sigma\epsilon, m - \sigma\epsilon)`; the marginal of each is still the proposal,
+    so the weights stay valid. Each component then needs an even count.
+
+    Args:
+      key: the step's PRNG key, shared by all candidates of the step.
+      index: the candidate's index i in ``[0, n)``, an int32 scalar (may be traced or vmapped).
+      guide: the guide update u, a pytree of arrays.
+      scales: per-leaf noise scales from :func:`proposal_scales`.
+      num_zero_mean: k0, the number of zero-mean candidates (they come first).
+      antithetic: whether candidates come in antithetic pairs.
+
+    Returns:
+      :math:`\Delta_i`, a pytree with the structure and shapes of ``guide``, in float32.
+    """
+    index = jnp.asarray(index, jnp.int32)
+    if antithetic:
+        parity = index % 2
+        noise_index = index - parity
+        sign = 1.0 - 2.0 * parity.astype(jnp.float32)
+    else:
+        noise_index = index
+        sign = jnp.float32(1.0)
+    noise = _standard_normal_like(jax.random.fold_in(key, noise_index), guide)
+    is_guided = (index >= num_zero_mean).astype(jnp.float32)
+    return jax.tree.map(
+        lambda u, scale, eps: is_guided * u.astype(jnp.float32) + (sign * scale) * eps,
+        guide,
+        scales,
+        noise,
+    )
+
+
+def sample_candidates(
+    key: jax.Array,
+    guide: chex.ArrayTree,
+    scales: chex.ArrayTree,
+    num_candidates: int,
+    mix: float = 0.5,
+    antithetic: bool = False,
+) -> Any:
+    """Draws all ``num_candidates`` candidates of a step at once.
+
+    The same candidates as :func:`sample_candidate` for ``index = 0 .. n-1``, stacked. Handy for
+    notebooks and tests; the transformation itself draws them one chunk at a time.
+
+    Args:
+      key: the step's PRNG key.
+      guide: the guide update u, a pytree of arrays.
+      scales: per-leaf noise scales from :func:`proposal_scales`.
+      num_candidates: n.
+      mix: λ, the share of zero-mean candidates.
+      antithetic: whether candidates come in antithetic pairs.
+
+    Returns:
+      A pytree with the structure of ``guide``; each leaf has shape ``(n, *leaf.shape)``, float32.
+    """
+    num_zero_mean, _ = component_sizes(num_candidates, mix)
+    indices = jnp.arange(num_candidates, dtype=jnp.int32)
+    return jax.vmap(lambda i: sample_candidate(key, i, guide, scales, num_zero_mean, antithetic))(
+        indices
+    )
+
+
+def log_proposal_density(
+    delta: chex.ArrayTree,
+    guide: chex.ArrayTree,
+    scales: chex.ArrayTree,
+    zero_mean_share: chex.Numeric,
+) -> jax.Array:
+    r"""Log density of the mixture proposal at ``delta``.
+
+    .. math::
+        \log q(\Delta) = \operatorname{logsumexp}\big(
+            \log\lambda + \log\mathcal{N}(\Delta; 0, \Sigma),\;
+            \log(1-\lambda) + \log\mathcal{N}(\Delta; u, \Sigma)\big),
+
+    with :math:`\Sigma` diagonal, :math:`\sigma_\ell^2` on leaf :math:`\ell`. It uses the true
+    scales, normalising constants included. Leaves whose scale is zero are left out: there both
+    components put the same point mass on the guide's (zero) value.
+
+    Args:
+      delta: :math:`\Delta`, a pytree with the structure of ``guide``.
+      guide: the guide update u.
+      scales: per-leaf noise scales from :func:`proposal_scales`, float32 scalars.
+      zero_mean_share: λ, the weight of the zero-mean component, in [0, 1]. For a stratified sample
+        use ``k0 / n`` (the balance heuristic [3]).
+
+    Returns:
+      :math:`\log q(\Delta)`, a float32 scalar, shape ``()``.
+
+    References:
+      [1] Welleck & Cho 2020, arXiv 2006.03158, eq. for the MGS proposal.
+      [3] Veach & Guibas 1995.
+    """
+
+    def leaf_terms(d: jax.Array, u: jax.Array, scale: jax.Array) -> jax.Array:
+        d = d.astype(jnp.float32)
+        u = u.astype(jnp.float32)
+        active = scale > 0
+        inv_var = jnp.where(active, 1.0 / jnp.where(active, scale, 1.0) ** 2, 0.0)
+        sq_zero = jnp.sum(jnp.square(d)) * inv_var
+        sq_guided = jnp.sum(jnp.square(d - u)) * inv_var
+        log_norm = jnp.where(
+            active, -0.5 * d.size * (_LOG_2PI + 2.0 * jnp.log(jnp.where(active, scale, 1.0))), 0.0
+        )
+        return jnp.stack([sq_zero, sq_guided, log_norm])
+
+    terms = jax.tree.leaves(jax.tree.map(leaf_terms, delta, guide, scales))
+    sq_zero, sq_guided, log_norm = sum(terms, jnp.zeros(3, jnp.float32))
+    share = jnp.asarray(zero_mean_share, jnp.float32)
+    log_components = jnp.stack(
+        [jnp.log(share) - 0.5 * sq_zero, jnp.log1p(-share) - 0.5 * sq_guided]
+    )
+    return log_norm + jax.nn.logsumexp(log_components)
+
+
+def _log_weight_terms(
+    candidate_losses: jax.Array, log_proposals: jax.Array | None, weighting: str
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Shifted losses and shifted -log q, both >= 0, and the mask of usable candidates."""
+    losses = jnp.asarray(candidate_losses, jnp.float32)
+    valid = jnp.isfinite(losses)
+    if weighting == "importance":
+        if log_proposals is None:
+            raise ValueError(
+                'weighting="importance" needs log_proposals (log q of each candidate).'
+            )
+        log_q = jnp.asarray(log_proposals, jnp.float32)
+        valid &= jnp.isfinite(log_q)
+        # Shift by the smallest log q so that the -log q term is <= 0 and nothing overflows.
+        min_log_q = jnp.min(jnp.where(valid, log_q, jnp.inf))
+        excess_log_q = jnp.where(valid, log_q - min_log_q, 0.0)
+    elif weighting == "tilted":
+        excess_log_q = jnp.zeros_like(losses)
+    else:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
+    # l(θ) is the same for every candidate and cancels in the softmax; shifting by the best finite
+    # loss instead keeps -Δl/α <= 0 whatever the scale of the losses, even for ±1e30.
+    best = jnp.min(jnp.where(valid, losses, jnp.inf))
+    excess_loss = jnp.where(valid, losses - best, 0.0)
+    return excess_loss, excess_log_q, valid
+
+
+def _normalized_weights(
+    excess_loss: jax.Array, excess_log_q: jax.Array, valid: jax.Array, temperature: jax.Array
+) -> jax.Array:
+    # excess_loss == 0 for the best candidate; 0 / α stays 0 for α > 0, and inf / α gives -inf.
+    # A loss gap that overflowed to inf stays infinitely worse, even at α = inf.
+    scaled = jnp.where(jnp.isinf(excess_loss), jnp.inf, excess_loss / temperature)
+    logits = jnp.where(valid, -scaled - excess_log_q, -jnp.inf)
+    top = jnp.max(logits)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    unnormalized = jnp.exp(logits - top)
+    total = jnp.sum(unnormalized)
+    return jnp.where(total > 0, unnormalized / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def candidate_weights(
+    candidate_losses: chex.Array,
+    log_proposals: chex.Array | None = None,
+    temperature: chex.Numeric = 1.0,
+    weighting: str = "importance",
+) -> jax.Array:
+    r"""Self-normalised importance weights of the candidates, computed in log space.
+
+    ``"importance"`` targets :math:`p(\Delta) \propto \exp(-[l(\theta+\Delta) - l(\theta)]/\alpha)`:
+
+    .. math::
+        \log w_i = -\frac{l_i - l(\theta)}{\alpha} - \log q(\Delta_i),
+        \qquad w = \mathrm{softmax}(\log w).
+
+    ``"tilted"`` targets :math:`\tilde p \propto q \cdot \exp(-\Delta l/\alpha)`, where the proposal
+    acts as a soft trust region; its weights are :math:`\mathrm{softmax}(-l_i/\alpha)`.
+
+    Candidates whose loss (or, for ``"importance"``, log q) is not finite get weight 0. If no
+    candidate is usable, every weight is 0, never NaN.
+
+    Args:
+      candidate_losses: :math:`l_i = l(\theta + \Delta_i)`, shape ``(n,)``.
+      log_proposals: :math:`\log q(\Delta_i)`, shape ``(n,)``. Required for ``"importance"``,
+        ignored for ``"tilted"``.
+      temperature: α > 0, a scalar (may be traced).
+      weighting: ``"importance"`` or ``"tilted"``.
+
+    Returns:
+      The weights w, float32, shape ``(n,)``, summing to 1 (or all 0).
+
+    References:
+      [1] Welleck & Cho 2020, arXiv 2006.03158.
+      [2] Owen 2013, ch. 9.
+    """
+    excess_loss, excess_log_q, valid = _log_weight_terms(candidate_losses, log_proposals, weighting)
+    return _normalized_weights(
+        excess_loss, excess_log_q, valid, jnp.asarray(temperature, jnp.float32)
+    )
+
+
+def effective_sample_size(weights: chex.Array) -> jax.Array:
+    r"""Effective sample size of normalised weights, :math:`1 / \sum_i w_i^2`.
+
+    It runs from 1 (all weight on one candidate) to n (uniform weights). It is 0 when every weight
+    is 0 (no usable candidate).
+
+    Args:
+      weights: normalised weights, shape ``(n,)``.
+
+    Returns:
+      The ESS, a float32 scalar, shape ``()``.
+
+    References:
+      [2] Owen 2013, ch. 9, eq. (9.13).
+    """
+    weights = jnp.asarray(weights, jnp.float32)
+    sum_sq = jnp.sum(jnp.square(weights))
+    return jnp.where(sum_sq > 0, 1.0 / jnp.where(sum_sq > 0, sum_sq, 1.0), 0.0)
+
+
+def auto_temperature(
+    candidate_losses: chex.Array,
+    log_proposals: chex.Array | None = None,
+    target_ess: chex.Numeric = 0.5,
+    weighting: str = "importance",
+    fallback: chex.Numeric = 1.0,
+) -> jax.Array:
+    r"""Chooses the temperature α whose weights have an ESS of ``target_ess · n``.
+
+    A fixed number of bisection steps on :math:`\log\alpha`, over a bracket centred on the log of
+    the spread of the finite losses, so the answer does not depend on the scale of the loss. Where
+    the target cannot be reached (for ``"importance"`` in high dimension, the -log q term alone can
+    hold the ESS below it), α goes to the end of the bracket that comes closest. When fewer than two
+    distinct finite losses exist, α does not change the weights, and ``fallback`` is returned.
+    Jit-compatible: no Python branch on traced values.
+
+    Args:
+      candidate_losses: :math:`l_i`, shape ``(n,)``.
+      log_proposals: :math:`\log q(\Delta_i)`, shape ``(n,)``, for ``"importance"``.
+      target_ess: the ESS to aim for, as a fraction of n, in (0, 1].
+      weighting: ``"importance"`` or ``"tilted"``.
+      fallback: the α to return when the losses do not depend on it (for example the previous
+        step's α).
+
+    Returns:
+      α, a positive finite float32 scalar, shape ``()``.
+    """
+    excess_loss, excess_log_q, valid = _log_weight_terms(candidate_losses, log_proposals, weighting)
+    spread = jnp.max(jnp.where(valid, excess_loss, 0.0))
+    informative = (spread > 0) & jnp.isfinite(spread)
+    spread = jnp.where(informative, spread, 1.0)
+    # Bisect on log(α / spread), with the losses in units of their spread, so that neither tiny
+    # nor huge losses underflow or overflow inside the search.
+    scaled_loss = jnp.where(valid, excess_loss / spread, 0.0)
+    target = jnp.asarray(target_ess, jnp.float32) * excess_loss.shape[0]
+
+    def ess_at(log_alpha: jax.Array) -> jax.Array:
+        weights = _normalized_weights(scaled_loss, excess_log_q, valid, jnp.exp(log_alpha))
+        return effective_sample_size(weights)
+
+    def bisect(_: int, bracket: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        low, high = bracket
+        middle = 0.5 * (low + high)
+        too_peaked = ess_at(middle) < target
+        return jnp.where(too_peaked, middle, low), jnp.where(too_peaked, high, middle)
+
+    bracket = (jnp.float32(-_AUTO_LOG_BRACKET), jnp.float32(_AUTO_LOG_BRACKET))
+    low, high = jax.lax.fori_loop(0, _AUTO_BISECTION_STEPS, bisect, bracket)
+    finfo = jnp.finfo(jnp.float32)
+    alpha = jnp.clip(spread * jnp.exp(0.5 * (low + high)), finfo.tiny, finfo.max)
+    return jnp.where(informative, alpha, jnp.asarray(fallback, jnp.float32))

@@ -1,0 +1,388 @@
+r"""The MGS optax transformation :func:`mgs`, its state :class:`MGSState` and :class:`MGSInfo`.
+
+This module holds the plumbing: argument checks, PRNG keys carried in state, routing of extra
+arguments to the task loss, and the two passes over the candidates (losses first, then the weighted
+sum of the perturbations, each candidate drawn again from its own key). The maths is in
+`sampling.py`.
+
+References:
+  [1] Welleck & Cho, `MLE-guided parameter search for task loss minimization in neural sequence
+  modeling <https://arxiv.org/abs/2006.03158>`_, AAAI 2021.
+  [2] Owen, *Monte Carlo theory, methods and examples*, 2013, ch. 9.
+  [3] Veach & Guibas, *Optimally combining sampling techniques for Monte Carlo rendering*,
+  SIGGRAPH 1995.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mlesearch import _utils, sampling
+
+
+class MGSInfo(NamedTuple):
+    """Diagnostics of the last MGS step, read with ``optax.tree.get(state, "ess")``."""
+
+    candidate_losses: jax.Array  # (n,) float32: task loss l(θ + Δ_i) of each candidate.
+    weights: jax.Array  # (n,) float32: normalised weights w_i; all 0 if no loss was finite.
+    ess: jax.Array  # () float32: effective sample size 1 / Σ w_i², in [1, n]; 0 if none usable.
+    guide_weight: jax.Array  # () float32: total weight on candidates from the guided component.
+    temperature: jax.Array  # () float32: the α used; the chosen one with temperature="auto".
+
+
+class MGSState(NamedTuple):
+    """State of :func:`mgs`."""
+
+    key: jax.Array  # () typed PRNG key, split every step.
+    count: jax.Array  # () int32: number of steps taken.
+    info: MGSInfo  # diagnostics of the last step (zeros before the first).
+
+
+def _is_tracer(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _static_int(value: Any, name: str) -> int:
+    """Reads a hyperparameter that shapes arrays, so must be known at trace time."""
+    if _is_tracer(value):
+        raise ValueError(
+            f"{name} must be a static Python number, not a traced value. With "
+            f"optax.inject_hyperparams, list it in static_args, e.g. "
+            f'static_args=("num_candidates", "mix", "key", "chunk_size").'
+        )
+    array = (
+        np.asarray(value) if isinstance(value, int | np.integer | jax.Array | np.ndarray) else None
+    )
+    if (
+        isinstance(value, bool | np.bool_)
+        or array is None
+        or array.shape != ()
+        or not np.issubdtype(array.dtype, np.integer)
+    ):
+        raise ValueError(f"{name} must be an integer, got {value!r}.")
+    return int(array)
+
+
+def _check_positive(value: Any, name: str) -> None:
+    """Checks a float hyperparameter when it is concrete; traced values pass unchecked."""
+    if _is_tracer(value):
+        return
+    try:
+        number = float(np.asarray(value))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.") from error
+    if not number > 0 or math.isnan(number):
+        raise ValueError(f"{name} must be positive, got {number}.")
+
+
+def _check_guide_matches_params(guide: Any, params: Any) -> None:
+    guide_structure = jax.tree.structure(guide)
+    params_structure = jax.tree.structure(params)
+    if guide_structure != params_structure:
+        raise ValueError(
+            "The guide (the updates passed to mgs) must have the tree structure of params, got "
+            f"{guide_structure} for the guide and {params_structure} for params. Place mgs in an "
+            "optax.chain after transformations that keep the structure of params."
+        )
+    for path_and_guide, param in zip(
+        jax.tree_util.tree_leaves_with_path(guide), jax.tree.leaves(params), strict=True
+    ):
+        path, leaf = path_and_guide
+        if jnp.shape(leaf) != jnp.shape(param):
+            raise ValueError(
+                f"The guide's leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}, but "
+                f"the parameter has shape {jnp.shape(param)}."
+            )
+
+
+def _check_task_loss(loss_fn: Callable[[Any], Any], params: Any) -> None:
+    """Traces the task loss once on abstract params, to report misuse with a clear message."""
+    try:
+        out = jax.eval_shape(loss_fn, params)
+    except Exception as error:  # noqa: BLE001 - re-raised with the fix named.
+        raise ValueError(
+            "Calling task_loss_fn(params, **kwargs) failed. It must take the parameter pytree as "
+            "its first positional argument, and the keyword arguments it names are taken from "
+            f"tx.update(..., name=value). The error was: {type(error).__name__}: {error}"
+        ) from error
+    shape = getattr(out, "shape", None)
+    dtype = getattr(out, "dtype", None)
+    if (
+        shape != ()
+        or dtype is None
+        or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+    ):
+        raise ValueError(
+            "task_loss_fn must return a real scalar (shape ()), got "
+            f"{jax.tree.map(lambda x: (x.shape, x.dtype), out)}. Reduce over the batch, for "
+            "example with jnp.mean."
+        )
+
+
+def _sum_over_candidates(
+    fn: Callable[[jax.Array, jax.Array], Any],
+    weights: jax.Array,
+    zeros: Any,
+    chunk_size: int,
+) -> Any:
+    """Computes Σ_i fn(i, w_i) over candidates, with at most ``chunk_size`` of them live at once."""
+    num_candidates = weights.shape[0]
+    indices = jnp.arange(num_candidates, dtype=jnp.int32)
+
+    def chunk_sum(chunk_indices: jax.Array, chunk_weights: jax.Array) -> Any:
+        return jax.tree.map(
+            lambda x: jnp.sum(x, axis=0), jax.vmap(fn)(chunk_indices, chunk_weights)
+        )
+
+    num_full = num_candidates // chunk_size
+    total = zeros
+    if num_full > 0:
+        split = num_full * chunk_size
+
+        def body(carry: Any, xs: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
+            return optax.tree.add(carry, chunk_sum(*xs)), None
+
+        total, _ = jax.lax.scan(
+            body,
+            total,
+            (
+                indices[:split].reshape(num_full, chunk_size),
+                weights[:split].reshape(num_full, chunk_size),
+            ),
+        )
+    if num_full * chunk_size < num_candidates:
+        start = num_full * chunk_size
+        total = optax.tree.add(total, chunk_sum(indices[start:], weights[start:]))
+    return total
+
+
+def mgs(
+    num_candidates: int = 4,
+    sigma: float | jax.Array = 1.0,
+    temperature: float | jax.Array | str = 1.0,
+    mix: float = 0.5,
+    weighting: str = "importance",
+    noise: str = "absolute",
+    antithetic: bool = False,
+    chunk_size: int | None = None,
+    key: jax.Array | int = 0,
+    target_ess: float | jax.Array = 0.5,
+) -> optax.GradientTransformationExtraArgs:
+    r"""MLE-guided parameter search: turns a guide update into one that lowers a task loss.
+
+    The ideal update is the mean of :math:`p(\Delta\mid\theta) \propto
+    \exp(-[l(\theta+\Delta) - l(\theta)]/\alpha)` for the task loss :math:`l`, which need not be
+    differentiable. MGS estimates it by self-normalised importance sampling. It draws n candidates
+    from the mixture proposal
+
+    .. math::
+        q(\Delta) = \lambda\,\mathcal{N}(0, \sigma^2 I) + (1-\lambda)\,\mathcal{N}(u, \sigma^2 I),
+
+    where :math:`u` is the incoming update (the guide, e.g. from the MLE gradient), evaluates
+    :math:`l_i = l(\theta + \Delta_i)`, and returns :math:`\Delta^* = \sum_i w_i \Delta_i` with
+    :math:`w = \mathrm{softmax}(-l_i/\alpha - \log q(\Delta_i))` (``"importance"``) or
+    :math:`\mathrm{softmax}(-l_i/\alpha)` (``"tilted"``).
+
+    With ``chunk_size=c``, candidates are evaluated c at a time and then drawn again from their keys
+    for the weighted sum, so at most about c perturbed copies of the parameters are live at once,
+    whatever n is.
+
+    Args:
+      num_candidates: n >= 1, candidates per step. Static.
+      sigma: σ > 0, the noise scale. May be traced (``optax.inject_hyperparams``).
+      temperature: α > 0, or ``"auto"`` to choose α every step so that the ESS is
+        ``target_ess · n``.
+        May be traced.
+      mix: λ in [0, 1], the share of zero-mean candidates: round(λ n) of them (stratified). λ = 1 is
+        pure random search, λ = 0 guided only. Static.
+      weighting: ``"importance"`` (targets p ∝ exp(-Δl/α)) or ``"tilted"`` (targets q·exp(-Δl/α);
+        robust in high dimension, where the importance weights collapse).
+      noise: ``"absolute"`` (σ on every leaf) or ``"relative"`` (σ · mean|u| per leaf, as in [1]).
+      antithetic: draw candidates in antithetic pairs (m + σε, m - σε). Each component needs an
+        even count.
+      chunk_size: evaluate this many candidates at a time (bounds memory); None evaluates all n
+        with one vmap.
+      key: an int seed, a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
+      target_ess: with ``temperature="auto"``, the target ESS as a fraction of n, in (0, 1].
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. Its ``update(updates, state, params,
+      task_loss_fn=f, **extra_args)`` needs ``params`` and a traceable ``task_loss_fn(params,
+      **kwargs) -> scalar``; extra arguments named in the signature of ``task_loss_fn`` are passed
+      to it, the others ignored. The returned update has the structure and dtypes of ``updates``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import mlesearch as mls
+      >>> params = jnp.array([1.0, -2.0])
+      >>> task_loss = lambda p: jnp.sum(jnp.abs(p) > 0.5).astype(jnp.float32)
+      >>> tx = optax.chain(optax.sgd(0.5), mls.mgs(num_candidates=8, sigma=0.3, key=0))
+      >>> state = tx.init(params)
+      >>> grads = 2 * params  # the gradient of a differentiable surrogate, sum(p**2)
+      >>> updates, state = tx.update(grads, state, params, task_loss_fn=task_loss)
+      >>> print(updates.shape, updates.dtype)
+      (2,) float32
+
+    References:
+      [1] Welleck & Cho 2020, arXiv 2006.03158.
+      [2] Owen 2013, *Monte Carlo theory, methods and examples*, ch. 9.
+      [3] Veach & Guibas 1995 (balance heuristic).
+    """
+    num_candidates = _static_int(num_candidates, "num_candidates")
+    if num_candidates < 1:
+        raise ValueError(f"num_candidates must be at least 1, got {num_candidates}.")
+    if _is_tracer(mix):
+        raise ValueError(
+            'mix must be a static Python number; with optax.inject_hyperparams, add "mix" to '
+            "static_args."
+        )
+    mix = float(np.asarray(mix))
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be in [0, 1], got {mix}.")
+    _check_positive(sigma, "sigma")
+    auto = isinstance(temperature, str)
+    if auto and temperature != "auto":
+        raise ValueError(f'temperature must be a positive number or "auto", got {temperature!r}.')
+    if not auto:
+        _check_positive(temperature, "temperature")
+    if auto and not _is_tracer(target_ess):
+        target = float(np.asarray(target_ess))
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target_ess is a fraction of num_candidates in (0, 1], got {target}.")
+    if weighting not in sampling.WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {sampling.WEIGHTINGS}, got {weighting!r}.")
+    if noise not in sampling.NOISE_SCALES:
+        raise ValueError(f"noise must be one of {sampling.NOISE_SCALES}, got {noise!r}.")
+    if not isinstance(antithetic, bool | np.bool_):
+        raise ValueError(f"antithetic must be a bool, got {antithetic!r}.")
+    num_zero_mean, num_guided = sampling.component_sizes(num_candidates, mix)
+    if antithetic and (num_zero_mean % 2 or num_guided % 2):
+        raise ValueError(
+            f"antithetic=True pairs candidates within each component, but mix={mix} with "
+            f"num_candidates={num_candidates} gives {num_zero_mean} zero-mean and {num_guided} "
+            "guided candidates. Choose num_candidates and mix so that both counts are even."
+        )
+    if chunk_size is None:
+        chunk = num_candidates
+    else:
+        chunk = _static_int(chunk_size, "chunk_size")
+        if chunk < 1:
+            raise ValueError(f"chunk_size must be at least 1 or None, got {chunk}.")
+        chunk = min(chunk, num_candidates)
+    # Under inject_hyperparams without "key" in static_args the key arrives as an array: traced in
+    # update (where it is not needed) and concrete in init (where it is).
+    canonical_key = None if _is_tracer(key) else _utils.canonicalize_key(key)
+    zero_mean_share = num_zero_mean / num_candidates
+
+    def init_fn(params: optax.Params) -> MGSState:
+        del params
+        if canonical_key is None:
+            raise ValueError(
+                'The key of mgs must be concrete at init; with optax.inject_hyperparams, add "key" '
+                "to static_args."
+            )
+        zeros = jnp.zeros((num_candidates,), jnp.float32)
+        scalar = jnp.zeros((), jnp.float32)
+        return MGSState(
+            key=canonical_key,
+            count=jnp.zeros((), jnp.int32),
+            info=MGSInfo(
+                candidate_losses=zeros,
+                weights=zeros,
+                ess=scalar,
+                guide_weight=scalar,
+                temperature=scalar,
+            ),
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: MGSState,
+        params: optax.Params | None = None,
+        *,
+        task_loss_fn: Callable[..., jax.Array] | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, MGSState]:
+        if params is None:
+            raise ValueError(
+                "mgs needs the current parameters: call tx.update(updates, state, params, "
+                "task_loss_fn=...)."
+            )
+        if task_loss_fn is None:
+            raise ValueError(
+                "mgs needs a task loss: call tx.update(updates, state, params, "
+                "task_loss_fn=f), where f(params, **kwargs) returns a scalar."
+            )
+        _check_guide_matches_params(updates, params)
+        loss_kwargs = _utils.route_kwargs(task_loss_fn, extra_args)
+
+        def loss_fn(candidate_params: Any) -> jax.Array:
+            return task_loss_fn(candidate_params, **loss_kwargs)
+
+        _check_task_loss(loss_fn, params)
+
+        next_key, step_key = jax.random.split(state.key)
+        scales = sampling.proposal_scales(updates, sigma, noise)
+
+        def draw(index: jax.Array) -> Any:
+            return sampling.sample_candidate(
+                step_key, index, updates, scales, num_zero_mean, antithetic
+            )
+
+        def evaluate(index: jax.Array) -> tuple[jax.Array, jax.Array]:
+            delta = draw(index)
+            candidate_params = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, delta)
+            loss = jnp.asarray(loss_fn(candidate_params), jnp.float32)
+            if weighting == "importance":
+                log_q = sampling.log_proposal_density(delta, updates, scales, zero_mean_share)
+            else:
+                log_q = jnp.zeros((), jnp.float32)
+            return loss, log_q
+
+        indices = jnp.arange(num_candidates, dtype=jnp.int32)
+        if chunk >= num_candidates:
+            candidate_losses, log_proposals = jax.vmap(evaluate)(indices)
+        else:
+            candidate_losses, log_proposals = jax.lax.map(evaluate, indices, batch_size=chunk)
+        if weighting == "tilted":
+            log_proposals = None
+
+        if auto:
+            previous = state.info.temperature
+            alpha = sampling.auto_temperature(
+                candidate_losses,
+                log_proposals,
+                target_ess,
+                weighting,
+                fallback=jnp.where(previous > 0, previous, 1.0),
+            )
+        else:
+            alpha = jnp.asarray(temperature, jnp.float32)
+        weights = sampling.candidate_weights(candidate_losses, log_proposals, alpha, weighting)
+
+        zeros = jax.tree.map(lambda u: jnp.zeros(jnp.shape(u), jnp.float32), updates)
+        mean_delta = _sum_over_candidates(
+            lambda index, weight: jax.tree.map(lambda d: weight * d, draw(index)),
+            weights,
+            zeros,
+            chunk,
+        )
+        new_updates = jax.tree.map(lambda d, u: d.astype(jnp.asarray(u).dtype), mean_delta, updates)
+        info = MGSInfo(
+            candidate_losses=candidate_losses,
+            weights=weights,
+            ess=sampling.effective_sample_size(weights),
+            guide_weight=jnp.sum(weights[num_zero_mean:]),
+            temperature=jnp.asarray(alpha, jnp.float32),
+        )
+        count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
+        return new_updates, MGSState(key=next_key, count=count, info=info)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

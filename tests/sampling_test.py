@@ -1,0 +1,206 @@
+"""Tests for the pure maths in `mlesearch.sampling`."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special, stats
+
+import mlesearch as mls
+
+
+def _tree(dtype=jnp.float32):
+    return {
+        "w": jnp.array([[0.5, -1.0, 2.0], [0.1, 0.0, -0.3]], dtype),
+        "b": jnp.array([1.5, -0.5], dtype),
+    }
+
+
+def _flat(tree):
+    return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
+
+
+@pytest.mark.parametrize(
+    ("num_candidates", "mix", "expected"),
+    [(4, 0.5, (2, 2)), (4, 1.0, (4, 0)), (4, 0.0, (0, 4)), (10, 0.3, (3, 7)), (1, 0.5, (0, 1))],
+)
+def test_component_sizes_round_mix_times_n(num_candidates, mix, expected):
+    assert mls.component_sizes(num_candidates, mix) == expected
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
+@pytest.mark.parametrize("noise", ["absolute", "relative"])
+def test_log_proposal_density_matches_scipy_mixture(share, noise):
+    guide = _tree()
+    scales = mls.proposal_scales(guide, 0.7, noise)
+    flat_scales = np.concatenate(
+        [
+            np.full(x.size, float(s))
+            for x, s in zip(jax.tree.leaves(guide), jax.tree.leaves(scales), strict=True)
+        ]
+    )
+    cov = np.diag(flat_scales**2)
+    u = _flat(guide)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        flat_delta = rng.normal(size=u.size) * 1.3 + u * rng.uniform()
+        delta = jax.tree.unflatten(
+            jax.tree.structure(guide),
+            [
+                jnp.asarray(part.reshape(x.shape), jnp.float32)
+                for part, x in zip(
+                    np.split(flat_delta, np.cumsum([x.size for x in jax.tree.leaves(guide)])[:-1]),
+                    jax.tree.leaves(guide),
+                    strict=True,
+                )
+            ],
+        )
+        with np.errstate(divide="ignore"):
+            expected = special.logsumexp(
+                [
+                    np.log(share)
+                    + stats.multivariate_normal(np.zeros(u.size), cov).logpdf(flat_delta),
+                    np.log1p(-share) + stats.multivariate_normal(u, cov).logpdf(flat_delta),
+                ]
+            )
+        got = jax.jit(mls.log_proposal_density)(delta, guide, scales, share)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_log_proposal_density_leaves_out_zero_scale_leaves():
+    guide = {"a": jnp.array([1.0, 2.0]), "zero": jnp.zeros((3,))}
+    scales = mls.proposal_scales(guide, 1.0, "relative")
+    assert float(scales["zero"]) == 0.0
+    delta = {"a": jnp.array([0.5, 0.5]), "zero": jnp.zeros((3,))}
+    got = mls.log_proposal_density(delta, guide, scales, 0.5)
+    only_a = mls.log_proposal_density({"a": delta["a"]}, {"a": guide["a"]}, {"a": scales["a"]}, 0.5)
+    assert np.isfinite(got)
+    np.testing.assert_allclose(got, only_a, rtol=1e-6)
+
+
+def test_relative_scales_are_sigma_times_mean_abs_guide():
+    guide = _tree()
+    scales = mls.proposal_scales(guide, 2.0, "relative")
+    for leaf, scale in zip(jax.tree.leaves(guide), jax.tree.leaves(scales), strict=True):
+        np.testing.assert_allclose(scale, 2.0 * np.mean(np.abs(leaf)), rtol=1e-6)
+
+
+def test_sample_candidates_stratified_means_and_float32_noise():
+    guide = _tree(jnp.bfloat16)
+    scales = mls.proposal_scales(guide, 0.5)
+    n = 4000
+    deltas = jax.jit(mls.sample_candidates, static_argnums=(3, 4))(
+        jax.random.key(0), guide, scales, n, 0.25
+    )
+    k0, _ = mls.component_sizes(n, 0.25)
+    for delta, u in zip(jax.tree.leaves(deltas), jax.tree.leaves(guide), strict=True):
+        assert delta.dtype == jnp.float32
+        assert delta.shape == (n, *u.shape)
+        u = np.asarray(u, np.float32)
+        np.testing.assert_allclose(delta[:k0].mean(0), 0.0, atol=0.1)
+        np.testing.assert_allclose(delta[k0:].mean(0), u, atol=0.06)
+        np.testing.assert_allclose(delta[k0:].std(0), 0.5, rtol=0.1)
+
+
+def test_antithetic_pairs_mirror_about_their_component_mean():
+    guide = _tree()
+    scales = mls.proposal_scales(guide, 0.3)
+    deltas = mls.sample_candidates(jax.random.key(1), guide, scales, 8, 0.5, antithetic=True)
+    for delta, u in zip(jax.tree.leaves(deltas), jax.tree.leaves(guide), strict=True):
+        means = [np.zeros_like(u)] * 2 + [np.zeros_like(u)] * 2 + [np.asarray(u)] * 4
+        for i in range(0, 8, 2):
+            np.testing.assert_allclose(delta[i] + delta[i + 1], 2 * means[i], atol=1e-6)
+            assert not np.allclose(delta[i], delta[i + 2])
+
+
+def test_sample_candidate_redraws_the_same_candidate_from_its_index():
+    guide = _tree()
+    scales = mls.proposal_scales(guide, 0.3)
+    key = jax.random.key(5)
+    stacked = mls.sample_candidates(key, guide, scales, 6, 0.5)
+    for i in (0, 3, 5):
+        one = mls.sample_candidate(key, i, guide, scales, 3)
+        chex.assert_trees_all_close(one, jax.tree.map(lambda x, i=i: x[i], stacked))
+
+
+def test_tilted_weights_are_softmax_of_negative_loss_over_temperature():
+    losses = jnp.array([0.3, 1.2, -0.4, 2.0])
+    got = mls.candidate_weights(losses, temperature=0.7, weighting="tilted")
+    np.testing.assert_allclose(got, special.softmax(-np.asarray(losses) / 0.7), rtol=1e-6)
+
+
+def test_importance_weights_subtract_log_proposal():
+    losses = jnp.array([0.3, 1.2, -0.4, 2.0])
+    log_q = jnp.array([-3.0, -1.0, -7.5, -2.0])
+    got = mls.candidate_weights(losses, log_q, temperature=0.5, weighting="importance")
+    expected = special.softmax(-np.asarray(losses) / 0.5 - np.asarray(log_q))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_non_finite_losses_get_zero_weight():
+    losses = jnp.array([jnp.nan, 1.0, jnp.inf, 2.0, -jnp.inf])
+    weights = mls.candidate_weights(losses, jnp.zeros(5), 1.0, "importance")
+    np.testing.assert_allclose(weights[jnp.array([0, 2, 4])], 0.0)
+    np.testing.assert_allclose(weights[1] / weights[3], np.e, rtol=1e-5)
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+
+
+def test_all_non_finite_gives_zero_weights_and_zero_ess():
+    weights = mls.candidate_weights(jnp.array([jnp.nan, jnp.inf]), jnp.zeros(2), 1.0)
+    chex.assert_trees_all_equal(weights, jnp.zeros(2))
+    assert float(mls.effective_sample_size(weights)) == 0.0
+
+
+def test_huge_losses_do_not_overflow():
+    losses = jnp.array([1e30, -1e30, 3e38, -3e38])
+    weights = mls.candidate_weights(losses, jnp.array([0.0, 1e30, -1e30, 5.0]), 1e-3)
+    assert np.all(np.isfinite(weights))
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(weights[3], 1.0)
+
+
+def test_effective_sample_size_extremes():
+    np.testing.assert_allclose(mls.effective_sample_size(jnp.full(8, 1 / 8)), 8.0, rtol=1e-6)
+    np.testing.assert_allclose(mls.effective_sample_size(jnp.eye(8)[3]), 1.0)
+
+
+@pytest.mark.parametrize("weighting", ["tilted", "importance"])
+@pytest.mark.parametrize("target", [0.2, 0.5, 0.8])
+def test_auto_temperature_hits_target_ess_on_spread_losses(weighting, target):
+    n = 64
+    losses = jax.random.normal(jax.random.key(0), (n,)) * 3.0 + 10.0
+    log_q = jax.random.normal(jax.random.key(1), (n,)) * 0.1
+    alpha = jax.jit(mls.auto_temperature, static_argnums=3)(losses, log_q, target, weighting)
+    ess = mls.effective_sample_size(mls.candidate_weights(losses, log_q, alpha, weighting))
+    assert np.isfinite(alpha) and alpha > 0
+    np.testing.assert_allclose(ess, target * n, rtol=1e-3)
+
+
+def test_auto_temperature_scales_with_the_loss():
+    losses = jax.random.normal(jax.random.key(0), (32,))
+    alpha = mls.auto_temperature(losses, weighting="tilted")
+    alpha_scaled = mls.auto_temperature(1e6 * losses, weighting="tilted")
+    np.testing.assert_allclose(alpha_scaled / alpha, 1e6, rtol=1e-3)
+
+
+def test_auto_temperature_with_equal_losses_returns_finite_fallback():
+    alpha = mls.auto_temperature(jnp.full((8,), 3.0), jnp.zeros(8), 0.5, fallback=0.25)
+    np.testing.assert_allclose(alpha, 0.25)
+    alpha = mls.auto_temperature(jnp.full((8,), jnp.nan), jnp.zeros(8), 0.5)
+    np.testing.assert_allclose(alpha, 1.0)
+
+
+def test_auto_temperature_unreachable_target_stays_finite():
+    # Importance weights whose -log q term alone holds the ESS near 1.
+    losses = jnp.arange(8.0)
+    log_q = jnp.array([0.0, -500.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    alpha = mls.auto_temperature(losses, log_q, 0.9, "importance")
+    assert np.isfinite(alpha) and alpha > 0
+
+
+def test_unknown_weighting_is_rejected():
+    with pytest.raises(ValueError, match="weighting"):
+        mls.candidate_weights(jnp.zeros(3), jnp.zeros(3), 1.0, "softmax")
+    with pytest.raises(ValueError, match="log_proposals"):
+        mls.candidate_weights(jnp.zeros(3), None, 1.0, "importance")

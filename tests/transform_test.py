@@ -1,0 +1,483 @@
+"""Tests for the `mlesearch.mgs` transformation: the sampling-view limits and the API contract."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+
+import mlesearch as mls
+
+# A fixed quadratic l(θ) = ½ θᵀHθ + bᵀθ: its p(Δ|θ) is Gaussian, N(-H⁻¹g, αH⁻¹).
+H = jnp.array([[2.0, 0.5], [0.5, 1.0]])
+B = jnp.array([1.0, -1.0])
+THETA = jnp.array([0.3, 0.7])
+
+
+def quadratic(theta):
+    return 0.5 * theta @ H @ theta + B @ theta
+
+
+def _step(tx, guide, params, task_loss_fn, state=None, **extra):
+    state = tx.init(params) if state is None else state
+    return jax.jit(lambda u, s, p, e: tx.update(u, s, p, task_loss_fn=task_loss_fn, **e))(
+        guide, state, params, extra
+    )
+
+
+def _unwrap(state):
+    return optax.tree.unwrap_random_key_data(state)
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.tanh(nn.Dense(8)(x))
+        return nn.Dense(3)(x)
+
+
+def _mlp_problem(dtype=jnp.float32):
+    x = jax.random.normal(jax.random.key(0), (32, 4))
+    y = jax.random.randint(jax.random.key(1), (32,), 0, 3)
+    model = MLP()
+    params = model.init(jax.random.key(2), x)
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+
+    def mle_loss(params, x, y):
+        logits = model.apply(params, x.astype(dtype)).astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def error_rate(params, x, y):
+        logits = model.apply(params, x.astype(dtype))
+        return jnp.mean(jnp.argmax(logits, -1) != y).astype(jnp.float32)
+
+    return params, x, y, mle_loss, error_rate
+
+
+# The sampling view's limits.
+
+
+def test_importance_with_broad_random_search_converges_to_newton_step():
+    newton = -jnp.linalg.solve(H, H @ THETA + B)
+    tx = mls.mgs(num_candidates=40_000, sigma=2.0, mix=1.0, temperature=1.0, key=1)
+    updates, state = _step(tx, jnp.zeros(2), THETA, quadratic)
+    assert state.info.ess > 1000
+    np.testing.assert_allclose(updates, newton, atol=0.05)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_tilted_single_gaussian_matches_product_of_gaussians(alpha):
+    sigma = 0.6
+    m = jnp.array([-0.4, 0.2])
+    g = H @ THETA + B
+    precision = H / alpha + jnp.eye(2) / sigma**2
+    exact = jnp.linalg.solve(precision, m / sigma**2 - g / alpha)
+    tx = mls.mgs(
+        num_candidates=40_000, sigma=sigma, mix=0.0, temperature=alpha, weighting="tilted", key=2
+    )
+    updates, _ = _step(tx, m, THETA, quadratic)
+    np.testing.assert_allclose(updates, exact, atol=0.02)
+
+
+@pytest.mark.parametrize("weighting", ["importance", "tilted"])
+def test_linear_loss_on_a_ball_update_points_along_negative_gradient(weighting):
+    # p ∝ exp(-c·Δ/α) is improper on all of R^d; on the ball ‖Δ‖ ≤ ε its mean points along -c.
+    # An infinite loss outside the ball gives those candidates weight 0, which makes the ball.
+    c = jnp.array([3.0, -1.0, 0.5, 2.0])
+    theta = jnp.ones(4)
+
+    def linear_on_ball(params):
+        return jnp.where(jnp.linalg.norm(params - theta) <= 0.2, c @ params, jnp.inf)
+
+    tx = mls.mgs(
+        num_candidates=20_000, sigma=0.15, mix=1.0, temperature=0.1, weighting=weighting, key=3
+    )
+    updates, _ = _step(tx, jnp.zeros(4), theta, linear_on_ball)
+    cosine = -(updates @ c) / (jnp.linalg.norm(updates) * jnp.linalg.norm(c))
+    assert cosine > 0.99
+
+
+def test_tilted_linear_loss_gives_the_exact_shifted_mean():
+    # q · exp(-c·Δ/α) with q = N(0, σ²I) is N(-σ²c/α, σ²I).
+    c = jnp.array([3.0, -1.0, 0.5, 2.0])
+    tx = mls.mgs(num_candidates=20_000, sigma=0.1, mix=1.0, temperature=0.5, weighting="tilted")
+    updates, _ = _step(tx, jnp.zeros(4), jnp.ones(4), lambda theta: c @ theta)
+    np.testing.assert_allclose(updates, -(0.1**2) * c / 0.5, atol=0.005)
+
+
+@pytest.mark.parametrize("weighting", ["importance", "tilted"])
+def test_zero_temperature_limit_returns_best_candidate(weighting):
+    tx = mls.mgs(num_candidates=16, sigma=0.5, temperature=1e-7, weighting=weighting, key=4)
+    updates, state = _step(tx, jnp.array([0.2, -0.1]), THETA, quadratic)
+    info = state.info
+    best = int(jnp.argmin(info.candidate_losses))
+    np.testing.assert_allclose(info.weights, jax.nn.one_hot(best, 16), atol=1e-6)
+    np.testing.assert_allclose(quadratic(THETA + updates), info.candidate_losses[best], rtol=1e-5)
+    np.testing.assert_allclose(info.ess, 1.0, rtol=1e-5)
+
+
+class ParityTest(parameterized.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_no_jit_agree(self):
+        params, x, y, mle_loss, error_rate = _mlp_problem()
+        tx = mls.mgs(num_candidates=6, sigma=0.2, temperature="auto", key=0)
+        state = tx.init(params)
+        guide = jax.grad(mle_loss)(params, x, y)
+        update = self.variant(lambda u, s, p: tx.update(u, s, p, task_loss_fn=error_rate, x=x, y=y))
+        updates, new_state = update(guide, state, params)
+        expected_updates, expected_state = jax.jit(
+            lambda u, s, p: tx.update(u, s, p, task_loss_fn=error_rate, x=x, y=y)
+        )(guide, state, params)
+        chex.assert_trees_all_close(updates, expected_updates, atol=1e-6)
+        chex.assert_trees_all_close(_unwrap(new_state), _unwrap(expected_state), atol=1e-6)
+
+
+def test_same_seed_same_update_and_successive_steps_use_fresh_keys():
+    guide = jnp.array([0.1, -0.2])
+    tx = mls.mgs(num_candidates=4, key=7)
+    first, state = _step(tx, guide, THETA, quadratic)
+    again, _ = _step(mls.mgs(num_candidates=4, key=7), guide, THETA, quadratic)
+    chex.assert_trees_all_equal(first, again)
+    second, state2 = _step(tx, guide, THETA, quadratic, state=state)
+    assert not np.allclose(first, second)
+    assert not np.array_equal(jax.random.key_data(state.key), jax.random.key_data(state2.key))
+    assert int(state2.count) == 2
+    other_seed, _ = _step(mls.mgs(num_candidates=4, key=8), guide, THETA, quadratic)
+    assert not np.allclose(first, other_seed)
+
+
+def test_int_seed_typed_key_and_raw_key_agree():
+    guide = jnp.array([0.1, -0.2])
+    results = [
+        _step(mls.mgs(key=k), guide, THETA, quadratic)[0]
+        for k in (3, jax.random.key(3), jax.random.PRNGKey(3))
+    ]
+    chex.assert_trees_all_equal(*results)
+
+
+def test_chunked_evaluation_gives_the_same_update():
+    params, x, y, mle_loss, error_rate = _mlp_problem()
+    guide = jax.grad(mle_loss)(params, x, y)
+    results = [
+        _step(
+            mls.mgs(num_candidates=10, sigma=0.3, chunk_size=c), guide, params, error_rate, x=x, y=y
+        )
+        for c in (None, 1, 3, 10, 64)
+    ]
+    for updates, state in results[1:]:
+        chex.assert_trees_all_close(updates, results[0][0], atol=1e-6)
+        chex.assert_trees_all_close(state.info, results[0][1].info, atol=1e-6)
+
+
+def test_info_is_consistent():
+    tx = mls.mgs(num_candidates=8, mix=0.25, sigma=0.5, key=0)
+    _, state = _step(tx, jnp.array([0.3, 0.1]), THETA, quadratic)
+    info = state.info
+    chex.assert_shape([info.candidate_losses, info.weights], (8,))
+    np.testing.assert_allclose(info.weights.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(info.ess, 1.0 / jnp.sum(info.weights**2), rtol=1e-6)
+    np.testing.assert_allclose(info.guide_weight, info.weights[2:].sum(), rtol=1e-6)
+    np.testing.assert_allclose(info.temperature, 1.0)
+    np.testing.assert_allclose(optax.tree.get(state, "ess"), info.ess)
+
+
+def test_auto_temperature_reaches_target_ess_inside_mgs():
+    tx = mls.mgs(
+        num_candidates=32,
+        sigma=0.5,
+        temperature="auto",
+        target_ess=0.25,
+        weighting="tilted",
+        key=0,
+    )
+    _, state = _step(tx, jnp.array([0.3, 0.1]), THETA, quadratic)
+    np.testing.assert_allclose(state.info.ess, 8.0, rtol=1e-3)
+    assert state.info.temperature > 0
+
+
+def test_auto_temperature_with_constant_loss_is_finite():
+    tx = mls.mgs(num_candidates=8, temperature="auto", key=0)
+    updates, state = _step(tx, jnp.array([0.3, 0.1]), THETA, lambda p: jnp.float32(2.0))
+    assert np.isfinite(state.info.temperature) and state.info.temperature > 0
+    chex.assert_tree_all_finite(updates)
+
+
+def test_all_losses_non_finite_gives_zero_update_and_zero_ess():
+    tx = mls.mgs(num_candidates=4, key=0)
+    updates, state = _step(tx, jnp.array([0.3, 0.1]), THETA, lambda p: jnp.nan * jnp.sum(p))
+    chex.assert_trees_all_equal(updates, jnp.zeros(2))
+    assert float(state.info.ess) == 0.0
+    chex.assert_trees_all_equal(state.info.weights, jnp.zeros(4))
+
+
+def test_relative_noise_with_a_zero_guide_leaf_stays_finite():
+    params = {"a": jnp.array([1.0, 2.0]), "frozen": jnp.ones((3,))}
+    guide = {"a": jnp.array([0.1, -0.1]), "frozen": jnp.zeros((3,))}
+    tx = mls.mgs(num_candidates=6, noise="relative", key=0)
+    updates, state = _step(tx, guide, params, lambda p: jnp.sum(p["a"] ** 2))
+    chex.assert_tree_all_finite(updates)
+    chex.assert_trees_all_equal(updates["frozen"], jnp.zeros(3))
+    np.testing.assert_allclose(state.info.weights.sum(), 1.0, rtol=1e-6)
+
+
+def test_antithetic_candidates_are_mirrored():
+    tx = mls.mgs(num_candidates=4, antithetic=True, mix=0.5, sigma=0.3, key=0)
+    guide = jnp.array([0.2, 0.0])
+    _, state = _step(tx, guide, jnp.zeros(2), lambda p: p[0] + 10 * p[1])
+    losses = state.info.candidate_losses
+    # A linear loss of mirrored candidates: l(m + ε) + l(m - ε) = 2 l(m).
+    np.testing.assert_allclose(losses[0] + losses[1], 0.0, atol=1e-5)
+    np.testing.assert_allclose(losses[2] + losses[3], 2 * 0.2, atol=1e-5)
+
+
+# Extra arguments.
+
+
+def test_extra_args_reach_the_task_loss_by_signature():
+    seen = {}
+
+    def task_loss(params, batch, *, scale=1.0):
+        seen["keys"] = True
+        return scale * jnp.sum((params - batch) ** 2)
+
+    tx = optax.chain(optax.sgd(0.1), mls.mgs(num_candidates=4, temperature=1e-7))
+    params = jnp.zeros(2)
+    state = tx.init(params)
+    updates, state = jax.jit(
+        lambda s, b: tx.update(
+            params, s, params, task_loss_fn=task_loss, batch=b, scale=2.0, unused=1
+        )
+    )(state, jnp.ones(2))
+    losses = optax.tree.get(state, "candidate_losses")
+    best = losses.min()
+    np.testing.assert_allclose(2.0 * jnp.sum((params + updates - 1.0) ** 2), best, rtol=1e-5)
+
+
+def test_task_loss_with_var_kwargs_gets_every_extra_arg():
+    def task_loss(params, **kwargs):
+        return jnp.sum(params) * kwargs["factor"]
+
+    updates, state = _step(mls.mgs(), jnp.ones(2), jnp.zeros(2), task_loss, factor=3.0)
+    chex.assert_tree_all_finite(updates)
+
+
+# Composition.
+
+
+def test_inject_hyperparams_gives_same_updates_and_takes_new_values_without_retracing():
+    params, x, y, mle_loss, error_rate = _mlp_problem()
+    guide = jax.grad(mle_loss)(params, x, y)
+    kwargs = dict(num_candidates=6, sigma=0.3, temperature=0.5, mix=0.5, key=3)
+    direct, _ = _step(mls.mgs(**kwargs), guide, params, error_rate, x=x, y=y)
+    injected_tx = optax.inject_hyperparams(mls.mgs, static_args=("num_candidates", "mix", "key"))(
+        **kwargs
+    )
+    state = injected_tx.init(params)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(state):
+        return injected_tx.update(guide, state, params, task_loss_fn=error_rate, x=x, y=y)
+
+    injected, new_state = step(state)
+    chex.assert_trees_all_close(injected, direct, atol=1e-6)
+    state.hyperparams["temperature"] = jnp.asarray(5.0, jnp.float32)
+    state.hyperparams["sigma"] = jnp.asarray(0.1, jnp.float32)
+    _, new_state = step(state)
+    np.testing.assert_allclose(new_state.inner_state.info.temperature, 5.0)
+
+
+def test_inject_hyperparams_with_auto_temperature():
+    tx = optax.inject_hyperparams(mls.mgs, static_args=("num_candidates", "mix", "key"))(
+        num_candidates=8, temperature="auto", target_ess=0.5, weighting="tilted"
+    )
+    _, state = _step(tx, jnp.array([0.3, 0.1]), THETA, quadratic)
+    np.testing.assert_allclose(optax.tree.get(state, "ess"), 4.0, rtol=1e-3)
+
+
+def test_multisteps_accumulates_then_searches():
+    tx = optax.MultiSteps(mls.mgs(num_candidates=4, key=0), every_k_schedule=2)
+    state = tx.init(THETA)
+    step = jax.jit(lambda u, s: tx.update(u, s, THETA, task_loss_fn=quadratic))
+    updates, state = step(jnp.array([0.1, 0.1]), state)
+    chex.assert_trees_all_equal(updates, jnp.zeros(2))
+    updates, state = step(jnp.array([0.3, 0.1]), state)
+    assert not np.allclose(updates, 0.0)
+    assert int(optax.tree.get(state, "count")) == 1
+
+
+def test_apply_if_finite_skips_non_finite_guides():
+    tx = optax.apply_if_finite(mls.mgs(num_candidates=4, key=0), max_consecutive_errors=2)
+    state = tx.init(THETA)
+    step = jax.jit(lambda u, s: tx.update(u, s, THETA, task_loss_fn=quadratic))
+    updates, state = step(jnp.array([0.1, 0.1]), state)
+    chex.assert_tree_all_finite(updates)
+    updates, state = step(jnp.array([jnp.nan, 0.1]), state)
+    chex.assert_trees_all_equal(updates, jnp.zeros(2))
+    assert int(state.notfinite_count) == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_flax_params_keep_structure_and_dtype_and_error_drops(dtype):
+    params, x, y, mle_loss, error_rate = _mlp_problem(dtype)
+    tx = optax.chain(optax.adam(0.05), mls.mgs(num_candidates=8, sigma=0.5, temperature=0.02))
+    state = tx.init(params)
+
+    @jax.jit
+    def train_step(params, state):
+        grads = jax.grad(mle_loss)(params, x, y)
+        updates, state = tx.update(grads, state, params, task_loss_fn=error_rate, x=x, y=y)
+        return optax.apply_updates(params, updates), state, updates
+
+    start = error_rate(params, x, y)
+    for _ in range(30):
+        params, state, updates = train_step(params, state)
+    chex.assert_trees_all_equal_structs(updates, params)
+    chex.assert_trees_all_equal_dtypes(updates, params)
+    chex.assert_trees_all_equal_dtypes(params, jax.tree.map(lambda p: p.astype(dtype), params))
+    assert error_rate(params, x, y) < start
+
+
+def test_reference_configuration_chain_runs_on_a_flax_model():
+    params, x, y, mle_loss, error_rate = _mlp_problem()
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.scale(-1.0),
+        mls.mgs(num_candidates=4, sigma=1.0, noise="relative", temperature=1 / 100.0),
+        optax.scale(-1.0),
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(1e-2, weight_decay=0.01),
+    )
+    state = tx.init(params)
+
+    @jax.jit
+    def train_step(params, state):
+        grads = jax.grad(mle_loss)(params, x, y)
+        updates, state = tx.update(grads, state, params, task_loss_fn=error_rate, x=x, y=y)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(5):
+        params, state = train_step(params, state)
+    chex.assert_tree_all_finite(params)
+    mgs_state = state[2]
+    assert 1.0 <= float(mgs_state.info.ess) <= 4.0
+    assert int(mgs_state.count) == 5
+
+
+# Compilation and state dtypes.
+
+
+def test_fifty_steps_with_changing_data_compile_once_and_state_dtypes_are_stable():
+    params, _, _, mle_loss, error_rate = _mlp_problem()
+    tx = optax.chain(optax.adam(1e-2), mls.mgs(num_candidates=4, temperature="auto"))
+    state = tx.init(params)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def train_step(params, state, x, y):
+        grads = jax.grad(mle_loss)(params, x, y)
+        updates, state = tx.update(grads, state, params, task_loss_fn=error_rate, x=x, y=y)
+        return optax.apply_updates(params, updates), state
+
+    def signature(tree):
+        leaves = jax.tree.leaves(_unwrap(tree))
+        assert not any(leaf.weak_type for leaf in leaves)
+        return [(leaf.shape, leaf.dtype) for leaf in leaves]
+
+    initial = signature(state)
+    for i in range(50):
+        x = jax.random.normal(jax.random.key(i), (32, 4))
+        y = jax.random.randint(jax.random.key(100 + i), (32,), 0, 3)
+        params, state = train_step(params, state, x, y)
+        assert signature(state) == initial
+
+
+def test_chunk_size_bounds_temporary_memory():
+    dim = 100_000
+
+    def temp_bytes(num_candidates, chunk_size):
+        tx = mls.mgs(num_candidates=num_candidates, chunk_size=chunk_size)
+        params = jnp.zeros((dim,))
+        state = tx.init(params)
+        step = jax.jit(lambda u, s, p: tx.update(u, s, p, task_loss_fn=lambda q: jnp.sum(q**2)))
+        return step.lower(params, state, params).compile().memory_analysis().temp_size_in_bytes
+
+    by_chunk = {c: temp_bytes(64, c) for c in (1, 8, None)}
+    # Memory grows with the chunk: about proportionally, so about c candidates are live.
+    assert by_chunk[1] < by_chunk[8] < by_chunk[None]
+    assert by_chunk[8] < 10 * by_chunk[1]
+    assert by_chunk[None] > 6 * by_chunk[8]
+    # It does not grow with n at a fixed chunk size: only the (n,) scalars are added.
+    assert temp_bytes(256, 8) <= by_chunk[8] + 64 * 256
+
+
+# Bad input.
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(num_candidates=0), "num_candidates"),
+        (dict(num_candidates=2.5), "num_candidates"),
+        (dict(sigma=0.0), "sigma"),
+        (dict(sigma=-1.0), "sigma"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature="hot"), "temperature"),
+        (dict(mix=1.5), "mix"),
+        (dict(mix=-0.1), "mix"),
+        (dict(weighting="softmax"), "weighting"),
+        (dict(noise="uniform"), "noise"),
+        (dict(num_candidates=6, antithetic=True), "antithetic"),
+        (dict(num_candidates=4, mix=0.25, antithetic=True), "antithetic"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(key="seed"), "key"),
+        (dict(temperature="auto", target_ess=0.0), "target_ess"),
+        (dict(temperature="auto", target_ess=1.5), "target_ess"),
+    ],
+)
+def test_invalid_hyperparameters_raise_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mls.mgs(**kwargs)
+
+
+def test_missing_params_names_the_fix():
+    tx = mls.mgs()
+    state = tx.init(THETA)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(THETA, state, task_loss_fn=quadratic)
+
+
+def test_missing_task_loss_names_the_fix():
+    tx = mls.mgs()
+    with pytest.raises(ValueError, match="task_loss_fn"):
+        tx.update(THETA, tx.init(THETA), THETA)
+
+
+def test_guide_with_another_structure_is_rejected():
+    params = {"a": jnp.zeros(2), "b": jnp.zeros(3)}
+    tx = mls.mgs()
+    with pytest.raises(ValueError, match="tree structure"):
+        tx.update({"a": jnp.zeros(2)}, tx.init(params), params, task_loss_fn=lambda p: 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        tx.update(
+            {"a": jnp.zeros(2), "b": jnp.zeros(4)},
+            tx.init(params),
+            params,
+            task_loss_fn=lambda p: 0.0,
+        )
+
+
+def test_non_scalar_task_loss_is_rejected_when_traced():
+    tx = mls.mgs()
+    with pytest.raises(ValueError, match="scalar"):
+        jax.jit(lambda s: tx.update(THETA, s, THETA, task_loss_fn=lambda p: p**2))(tx.init(THETA))
+
+
+def test_task_loss_that_cannot_take_params_is_rejected():
+    tx = mls.mgs()
+    with pytest.raises(ValueError, match="task_loss_fn"):
+        tx.update(THETA, tx.init(THETA), THETA, task_loss_fn=lambda p: p["weights"].sum())
