@@ -11,6 +11,8 @@ References:
   modeling, AAAI 2021, https://arxiv.org/abs/2006.03158.
 """
 
+from mlesearch import baselines, decoding, metrics, models
+from mlesearch.host import host_task_loss
 from mlesearch.sampling import (
     auto_temperature,
     candidate_weights,
@@ -29,6 +31,11 @@ __all__ = [
     "MGSInfo",
     "MGSState",
     "auto_temperature",
+    "baselines",
+    "decoding",
+    "host_task_loss",
+    "metrics",
+    "models",
     "candidate_weights",
     "component_sizes",
     "effective_sample_size",

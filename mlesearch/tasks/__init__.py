@@ -1,0 +1,37 @@
+"""Experiment tasks: one module each, every one exposing ``make_task(config) -> Task``.
+
+- ``text_completion``: continue English prose; repetition and non-termination.
+- ``digits``: scikit-learn's digits with a small MLP; 0/1 error or macro-F1.
+- ``translation``: English to German dates (CLDR, via babel); 1 - sentence BLEU.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mlesearch.tasks.base import Batch, Metric, Params, Samples, Task
+
+TASKS = ("text_completion", "digits", "translation")
+
+
+def make_task(name: str, config: Any) -> Task:
+    """Builds the task called ``name`` from its config.
+
+    Args:
+      name: one of ``TASKS``.
+      config: the task's config (``config.task_config`` of an experiment config).
+
+    Returns:
+      The `Task`.
+
+    Raises:
+      ValueError: for an unknown name.
+    """
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r}; choose one of {TASKS}.")
+    module = importlib.import_module(f"mlesearch.tasks.{name}")
+    return module.make_task(config)
+
+
+__all__ = ["TASKS", "Batch", "Metric", "Params", "Samples", "Task", "make_task"]
