@@ -126,17 +126,81 @@ def _check_task_loss(loss_fn: Callable[[Any], Any], params: Any) -> None:
         )
 
 
+def _candidate_sharding(
+    mesh: jax.sharding.Mesh | None, axis: str | tuple[str, ...] | None
+) -> jax.sharding.NamedSharding | None:
+    """The sharding of the candidate axis over ``axis`` of ``mesh``, checked; None without mesh."""
+    if mesh is None:
+        if axis is not None:
+            raise ValueError("candidate_axis needs a mesh: pass mesh=jax.sharding.Mesh(...).")
+        return None
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise ValueError(
+            f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}. Build one with "
+            'jax.make_mesh((jax.device_count(),), ("candidates",)).'
+        )
+    if axis is None:
+        axis = mesh.axis_names[0]
+    names = (axis,) if isinstance(axis, str) else tuple(axis)
+    unknown = [name for name in names if name not in mesh.axis_names]
+    if unknown:
+        raise ValueError(
+            f"candidate_axis {unknown} is not an axis of the mesh, whose axes are "
+            f"{mesh.axis_names}."
+        )
+    # A sharding hint needs Auto axes; jax.make_mesh makes Explicit ones by default.
+    auto_mesh = jax.sharding.Mesh(
+        mesh.devices,
+        mesh.axis_names,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names),
+    )
+    return jax.sharding.NamedSharding(auto_mesh, jax.sharding.PartitionSpec(axis))
+
+
+def _constrain(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _map_over_candidates(
+    fn: Callable[[jax.Array], Any],
+    indices: jax.Array,
+    chunk_size: int,
+    sharding: jax.sharding.NamedSharding,
+) -> Any:
+    """``jax.lax.map(fn, indices, batch_size=chunk_size)``, each chunk split over ``sharding``."""
+
+    def chunk_map(chunk_indices: jax.Array) -> Any:
+        return _constrain(jax.vmap(fn)(_constrain(chunk_indices, sharding)), sharding)
+
+    num_candidates = indices.shape[0]
+    num_full = num_candidates // chunk_size
+    split = num_full * chunk_size
+    parts = []
+    if num_full > 0:
+        full = jax.lax.map(chunk_map, indices[:split].reshape(num_full, chunk_size))
+        parts.append(jax.tree.map(lambda x: x.reshape(split, *x.shape[2:]), full))
+    if split < num_candidates:
+        parts.append(chunk_map(indices[split:]))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
+
+
 def _sum_over_candidates(
     fn: Callable[[jax.Array, jax.Array], Any],
     weights: jax.Array,
     zeros: Any,
     chunk_size: int,
+    sharding: jax.sharding.NamedSharding | None = None,
 ) -> Any:
-    """Computes Σ_i fn(i, w_i) over candidates, with at most ``chunk_size`` of them live at once."""
+    """Computes Σ_i fn(i, w_i) over candidates, with at most ``chunk_size`` of them live at once.
+
+    With ``sharding``, each chunk's candidates are split over its devices.
+    """
     num_candidates = weights.shape[0]
     indices = jnp.arange(num_candidates, dtype=jnp.int32)
 
     def chunk_sum(chunk_indices: jax.Array, chunk_weights: jax.Array) -> Any:
+        chunk_indices = _constrain(chunk_indices, sharding)
+        chunk_weights = _constrain(chunk_weights, sharding)
         return jax.tree.map(
             lambda x: jnp.sum(x, axis=0), jax.vmap(fn)(chunk_indices, chunk_weights)
         )
@@ -174,6 +238,8 @@ def mgs(
     chunk_size: int | None = None,
     key: jax.Array | int = 0,
     target_ess: float | jax.Array = 0.5,
+    mesh: jax.sharding.Mesh | None = None,
+    candidate_axis: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""MLE-guided parameter search: turns a guide update into one that lowers a task loss.
 
@@ -194,6 +260,11 @@ def mgs(
     for the weighted sum, so at most about c perturbed copies of the parameters are live at once,
     whatever n is.
 
+    With ``mesh``, the candidate axis is split over the devices of ``candidate_axis`` of the mesh
+    (each device evaluates n / D candidates), while params stay as they are (usually replicated).
+    The batch of the task loss may be sharded over another axis of the same mesh. Under
+    ``jax.jit`` the result equals the single-device one, up to the order of floating-point sums.
+
     Args:
       num_candidates: n >= 1, candidates per step. Static.
       sigma: σ > 0, the noise scale. May be traced (``optax.inject_hyperparams``).
@@ -211,6 +282,11 @@ def mgs(
         with one vmap.
       key: an int seed, a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
       target_ess: with ``temperature="auto"``, the target ESS as a fraction of n, in (0, 1].
+      mesh: a ``jax.sharding.Mesh`` whose devices share the candidates, or None (no constraint:
+        XLA decides). Static.
+      candidate_axis: the mesh axis name (or names) that the candidates are split over; defaults
+        to the mesh's first axis. n need not be a multiple of its size, but a multiple balances
+        the work. Static.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its ``update(updates, state, params,
@@ -276,6 +352,7 @@ def mgs(
         if chunk < 1:
             raise ValueError(f"chunk_size must be at least 1 or None, got {chunk}.")
         chunk = min(chunk, num_candidates)
+    candidate_sharding = _candidate_sharding(mesh, candidate_axis)
     # Under inject_hyperparams without "key" in static_args the key arrives as an array: traced in
     # update (where it is not needed) and concrete in init (where it is).
     canonical_key = None if _is_tracer(key) else _utils.canonicalize_key(key)
@@ -347,10 +424,15 @@ def mgs(
             return loss, log_q
 
         indices = jnp.arange(num_candidates, dtype=jnp.int32)
-        if chunk >= num_candidates:
-            candidate_losses, log_proposals = jax.vmap(evaluate)(indices)
+        if candidate_sharding is None:
+            if chunk >= num_candidates:
+                candidate_losses, log_proposals = jax.vmap(evaluate)(indices)
+            else:
+                candidate_losses, log_proposals = jax.lax.map(evaluate, indices, batch_size=chunk)
         else:
-            candidate_losses, log_proposals = jax.lax.map(evaluate, indices, batch_size=chunk)
+            candidate_losses, log_proposals = _map_over_candidates(
+                evaluate, indices, chunk, candidate_sharding
+            )
         if weighting == "tilted":
             log_proposals = None
 
@@ -373,6 +455,7 @@ def mgs(
             weights,
             zeros,
             chunk,
+            candidate_sharding,
         )
         new_updates = jax.tree.map(lambda d, u: d.astype(jnp.asarray(u).dtype), mean_delta, updates)
         info = MGSInfo(

@@ -1,0 +1,119 @@
+"""Candidates split over 4 host devices give the single-device result, batch sharded or not.
+
+Each case runs in a fresh Python process, because the number of host devices is fixed when jax
+starts (``XLA_FLAGS=--xla_force_host_platform_device_count=4``).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, re, sys
+    import jax, jax.numpy as jnp, optax
+    import mlesearch as mls
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+    assert jax.device_count() == 4, jax.devices()
+    chunk_size = json.loads(sys.argv[1])
+    params = {"w": jax.random.normal(jax.random.key(0), (16, 3)), "b": jnp.zeros(3)}
+    x = jax.random.normal(jax.random.key(1), (64, 16))
+    y = jax.random.randint(jax.random.key(2), (64,), 0, 3)
+
+    def logits(p, x):
+        return x @ p["w"] + p["b"]
+
+    def error(p, x, y):  # 0/1 error plus a weight penalty, so that candidates differ
+        wrong = jnp.mean(jnp.argmax(logits(p, x), -1) != y).astype(jnp.float32)
+        return wrong + 0.01 * jnp.sum(p["w"] ** 2)
+
+    def ce(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y).mean()
+
+    def run(mgs, x, y):
+        tx = optax.chain(optax.adam(0.1), mgs)
+        state = tx.init(params)
+
+        @jax.jit
+        def step(p, state, x, y):
+            g = jax.grad(ce)(p, x, y)
+            u, state = tx.update(g, state, p, task_loss_fn=error, x=x, y=y)
+            return optax.apply_updates(p, u), state
+
+        p = params
+        for _ in range(3):
+            p, state = step(p, state, x, y)
+        hlo = step.lower(p, state, x, y).compile().as_text()
+        return p, state, hlo
+
+    def max_diff(a, b):
+        return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(
+            jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+    kwargs = dict(num_candidates=8, sigma=0.1, key=0, chunk_size=chunk_size)
+    reference, _, _ = run(mls.mgs(**kwargs), x, y)
+
+    # Default jax.make_mesh axes (Explicit in recent jax) and one candidate axis over 4 devices.
+    mesh = jax.make_mesh((4,), ("candidates",))
+    sharded, state, hlo = run(mls.mgs(**kwargs, mesh=mesh), x, y)
+    losses_spec = str(state[1].info.candidate_losses.sharding.spec)
+
+    # A 2 x 2 mesh: the batch split over "data", the candidates over "candidates".
+    mesh2 = jax.make_mesh((2, 2), ("data", "candidates"), axis_types=(AxisType.Auto,) * 2)
+    batch = NamedSharding(mesh2, P("data"))
+    both, _, hlo2 = run(
+        mls.mgs(**kwargs, mesh=mesh2, candidate_axis="candidates"),
+        jax.device_put(x, batch),
+        jax.device_put(y, batch),
+    )
+    per_device = 8 if chunk_size is None else min(chunk_size, 8)
+    print(json.dumps(dict(
+        one_axis=max_diff(reference, sharded),
+        two_axes=max_diff(reference, both),
+        losses_spec=losses_spec,
+        # Each device computes the logits of (its share of candidates, batch rows, classes).
+        local_logits=bool(re.search(rf"f32\\[{per_device // 4 or 1},64,3\\]", hlo)),
+        local_logits2=bool(re.search(rf"f32\\[{per_device // 2 or 1},32,3\\]", hlo2)),
+    )))
+    """
+)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_candidates_sharded_over_four_devices_match_one_device(chunk_size):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env.pop("JAX_PLATFORMS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(chunk_size)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["one_axis"] < 1e-5, out
+    assert out["two_axes"] < 1e-5, out
+    if chunk_size is None:
+        assert "candidates" in out["losses_spec"], out
+    assert out["local_logits"], out
+    assert out["local_logits2"], out
+
+
+def test_mesh_arguments_are_checked():
+    import jax
+
+    import mlesearch as mls
+
+    with pytest.raises(ValueError, match="needs a mesh"):
+        mls.mgs(candidate_axis="candidates")
+    with pytest.raises(ValueError, match="jax.sharding.Mesh"):
+        mls.mgs(mesh="devices")
+    mesh = jax.make_mesh((1,), ("data",))
+    with pytest.raises(ValueError, match="not an axis of the mesh"):
+        mls.mgs(mesh=mesh, candidate_axis="candidates")
