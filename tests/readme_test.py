@@ -6,27 +6,24 @@ import re
 import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+PRELUDE = "import jax\nimport jax.numpy as jnp\nimport optax\nimport mlesearch as mls\n"
 
 
 def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
-def test_readme_has_quickstart_and_reference_configuration():
-    assert len(_python_blocks()) == 2
+def test_readme_quickstart_runs_and_learns(capsys):
+    quickstart = _python_blocks()[0]
+    exec(compile(quickstart, "README.md[quickstart]", "exec"), {})
+    out = capsys.readouterr().out
+    error = float(out.split("0/1 error:")[1].split()[0])
+    assert error < 0.1, out
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["quickstart", "reference_configuration"])
-def test_readme_example_runs(index, capsys):
+@pytest.mark.parametrize("index", range(1, len(_python_blocks())))
+def test_readme_snippet_runs(index):
     namespace: dict = {}
-    code = _python_blocks()[index]
-    if index == 1:
-        code = "import optax\nimport mlesearch as mls\n" + code
-    exec(compile(code, f"README.md[{index}]", "exec"), namespace)
-    if index == 0:
-        out = capsys.readouterr().out
-        error = float(out.split("0/1 error:")[1].split()[0])
-        assert error < 0.1, out
-    else:
-        tx = namespace["tx"]
-        assert hasattr(tx, "init") and hasattr(tx, "update")
+    exec(compile(PRELUDE + _python_blocks()[index], f"README.md[{index}]", "exec"), namespace)
+    tx = namespace["tx"]
+    assert hasattr(tx, "init") and hasattr(tx, "update")

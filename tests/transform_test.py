@@ -1,5 +1,9 @@
 """Tests for the `mlesearch.mgs` transformation: the sampling-view limits and the API contract."""
 
+import contextlib
+import logging
+import re
+
 import chex
 import flax.linen as nn
 import jax
@@ -388,11 +392,42 @@ def test_fifty_steps_with_changing_data_compile_once_and_state_dtypes_are_stable
         return [(leaf.shape, leaf.dtype) for leaf in leaves]
 
     initial = signature(state)
-    for i in range(50):
-        x = jax.random.normal(jax.random.key(i), (32, 4))
-        y = jax.random.randint(jax.random.key(100 + i), (32,), 0, 3)
-        params, state = train_step(params, state, x, y)
-        assert signature(state) == initial
+    with _count_compilations() as compiled:
+        for i in range(50):
+            x = jax.random.normal(jax.random.key(i), (32, 4))
+            y = jax.random.randint(jax.random.key(100 + i), (32,), 0, 3)
+            params, state = train_step(params, state, x, y)
+            assert signature(state) == initial
+    assert compiled.count("train_step") == 1, compiled
+    assert train_step._cache_size() == 1
+
+
+class _count_compilations(contextlib.ContextDecorator):
+    """Collects the names of the functions that XLA compiles, from jax's compile log."""
+
+    def __enter__(self) -> list[str]:
+        self.names: list[str] = []
+        names = self.names
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                match = re.match(r"Compiling jit\((\w+)\)", record.getMessage())
+                if match:
+                    names.append(match.group(1))
+
+        self.handler = Handler(level=logging.DEBUG)
+        self.logger = logging.getLogger("jax")
+        self.previous_level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.DEBUG)
+        self.log_compiles = jax.log_compiles(True)
+        self.log_compiles.__enter__()
+        return names
+
+    def __exit__(self, *exc: object) -> None:
+        self.log_compiles.__exit__(*exc)
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.previous_level)
 
 
 def test_chunk_size_bounds_temporary_memory():
