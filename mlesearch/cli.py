@@ -1,0 +1,708 @@
+"""The ``mlesearch`` command: run one method, or compare several over seeds, on an experiment.
+
+What lives here: ``main`` (the console script), config loading with command-line overrides
+(`load_config`, `apply_overrides`), and the comparison (`compare`), which runs every method over
+seeds from one shared MLE checkpoint, prints a results table in the style of the paper's, and
+writes ``results.json``, ``results.md`` and plots of the task's primary metric against steps and
+against wall-clock time. What does not: the training loop (`mlesearch.train`) and the tasks.
+
+Usage::
+
+    mlesearch run digits --config.method=mgs --config.mgs.num_candidates=8
+    mlesearch run configs/digits.py --workdir /tmp/digits
+    mlesearch compare digits --methods mle,mgs,pg,mrt --seeds 3
+    mlesearch                        # the default comparison on text completion
+
+``CONFIG`` is a task name (``digits`` loads ``mlesearch.configs.digits``) or the path of a config
+file with a ``get_config()`` function. Every field can be set with ``--config.<field>=<value>``
+(or ``--config.<field> <value>``); values are read as the type of the field they replace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from mlesearch import train
+from mlesearch.configs.common import METHODS
+from mlesearch.tasks import Metric
+
+DEFAULT_TASK = "text_completion"
+DEFAULT_METHODS = ("mle", "mgs", "pg", "mrt")
+DEFAULT_SEEDS = 3
+RUNS_DIR = "mlesearch_runs"
+CONFIG_PREFIX = "--config."
+_TRUE = ("true", "yes", "1", "on")
+_FALSE = ("false", "no", "0", "off")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded, or a command-line override that does not apply."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and overrides.
+
+
+def available_configs() -> list[str]:
+    """The names of the experiment configs in ``mlesearch.configs``, e.g. ``["digits"]``."""
+    import mlesearch.configs
+
+    return sorted(
+        path.stem
+        for directory in mlesearch.configs.__path__
+        for path in Path(directory).glob("*.py")
+        if path.stem not in ("__init__", "common")
+    )
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads an experiment config from a task name or a config file.
+
+    Args:
+      spec: a config name (``"digits"`` loads ``mlesearch.configs.digits``) or the path of a
+        Python file that defines ``get_config()``.
+
+    Returns:
+      The ConfigDict that ``get_config()`` returns.
+
+    Raises:
+      ConfigError: if the file or config does not exist or has no ``get_config``.
+    """
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"No config file {spec!r}.")
+        module_spec = importlib.util.spec_from_file_location(f"_mlesearch_config_{path.stem}", path)
+        if module_spec is None or module_spec.loader is None:
+            raise ConfigError(f"Cannot load {spec!r} as a Python module.")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        names = available_configs()
+        if spec not in names:
+            raise ConfigError(
+                f"Unknown config {spec!r}: give a config file (path/to/config.py) or one of "
+                f"{', '.join(names)}."
+            )
+        module = importlib.import_module(f"mlesearch.configs.{spec}")
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"The config {spec!r} defines no get_config() function.")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() of {spec!r} must return an ml_collections.ConfigDict.")
+    return config
+
+
+def _parse_bool(text: str, name: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name} is a bool: give true or false, not {text!r}.")
+
+
+def parse_value(text: str, current: Any, name: str) -> Any:
+    """Reads ``text`` as a value of the type of ``current``, the field's present value.
+
+    Args:
+      text: the value as written on the command line.
+      current: the value it replaces; its type decides how ``text`` is read (bool, int,
+        float, str; tuples, lists and None fields take a Python literal).
+      name: the field's name, for error messages.
+
+    Returns:
+      The value.
+
+    Raises:
+      ConfigError: if ``text`` cannot be read as that type.
+    """
+    if isinstance(current, bool):
+        return _parse_bool(text, name)
+    try:
+        if isinstance(current, int):
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError
+            return int(text) if text.strip().lstrip("+-").isdigit() else int(number)
+        if isinstance(current, float):
+            return float(text)
+    except ValueError:
+        kind = "an int" if isinstance(current, int) else "a float"
+        raise ConfigError(f"{name} is {kind}, got {text!r}.") from None
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return text
+        raise ConfigError(
+            f"{name} is a {type(current).__name__}: give a Python literal, not {text!r}."
+        ) from None
+    if isinstance(current, tuple | list):
+        if not isinstance(value, tuple | list):
+            raise ConfigError(f"{name} is a {type(current).__name__}, got {text!r}.")
+        return type(current)(value)
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, field: str, text: str) -> None:
+    """Sets ``config.<field>`` from its command-line text.
+
+    Args:
+      config: the config, changed in place.
+      field: a dotted field name such as ``"mgs.num_candidates"``.
+      text: the value as written on the command line.
+
+    Raises:
+      ConfigError: for a field that does not exist, a group of fields, or a value of the wrong
+        type.
+    """
+    parts = field.split(".")
+    node = config
+    for depth, part in enumerate(parts):
+        name = "config." + ".".join(parts[: depth + 1])
+        parent = "config" + "".join("." + p for p in parts[:depth])
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise ConfigError(f"Unknown field {name}: {parent} is a value, not a group of fields.")
+        if part not in node:
+            fields = ", ".join(sorted(node.keys()))
+            raise ConfigError(f"Unknown field {name}. The fields of {parent} are: {fields}.")
+        if depth < len(parts) - 1:
+            node = node[part]
+    current = node[parts[-1]]
+    name = "config." + field
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"{name} is a group of fields; set one of them: "
+            f"{', '.join(f'{name}.{k}' for k in sorted(current.keys()))}."
+        )
+    try:
+        node[parts[-1]] = parse_value(text, current, name)
+    except TypeError as error:
+        raise ConfigError(f"Cannot set {name} to {text!r}: {error}") from None
+
+
+def split_overrides(arguments: Sequence[str]) -> list[tuple[str, str]]:
+    """Reads ``--config.a.b=v`` and ``--config.a.b v`` arguments into ``(field, text)`` pairs.
+
+    Args:
+      arguments: the command-line arguments that are overrides.
+
+    Returns:
+      ``[("a.b", "v"), ...]`` in order.
+
+    Raises:
+      ConfigError: for an argument that is not an override, or one without a value.
+    """
+    overrides = []
+    index = 0
+    while index < len(arguments):
+        argument = arguments[index]
+        if not argument.startswith(CONFIG_PREFIX) or len(argument) == len(CONFIG_PREFIX):
+            raise ConfigError(
+                f"Unrecognised argument {argument!r}; config fields are set with "
+                "--config.<field>=<value>."
+            )
+        body = argument[len(CONFIG_PREFIX) :]
+        if "=" in body:
+            field, text = body.split("=", 1)
+        elif index + 1 < len(arguments):
+            field, text = body, arguments[index + 1]
+            index += 1
+        else:
+            raise ConfigError(f"{argument} needs a value: {argument}=<value>.")
+        overrides.append((field, text))
+        index += 1
+    return overrides
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, arguments: Sequence[str]
+) -> ml_collections.ConfigDict:
+    """Applies command-line overrides to a config.
+
+    Args:
+      config: the config, changed in place.
+      arguments: ``--config.<field>=<value>`` arguments.
+
+    Returns:
+      ``config``.
+
+    Raises:
+      ConfigError: as `split_overrides` and `apply_override`.
+    """
+    for field, text in split_overrides(arguments):
+        apply_override(config, field, text)
+    return config
+
+
+def parse_methods(text: str) -> list[str]:
+    """Reads a comma-separated list of methods, checking each against ``METHODS``."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(
+            f"Unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(METHODS)}."
+        )
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"A method is listed twice in {text!r}.")
+    return methods
+
+
+def parse_seeds(text: str, first_seed: int) -> list[int]:
+    """Reads ``--seeds``: a count ``N`` (seeds ``first_seed .. first_seed + N - 1``) or a
+    comma-separated list of seeds."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes a count or a list such as 0,1,2; got {text!r}.") from None
+    if "," not in text and seeds:
+        if seeds[0] < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {seeds[0]}.")
+        seeds = list(range(first_seed, first_seed + seeds[0]))
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"--seeds must list distinct seeds, got {text!r}.")
+    return seeds
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison: table, plots, files.
+
+COST_COLUMNS = (
+    ("seconds", "seconds"),
+    ("task_loss_evaluations", "task-loss evals"),
+)
+
+
+def summarize(
+    runs: Sequence[Mapping[str, Any]], methods: Sequence[str], metrics: Sequence[Metric]
+) -> dict[str, Any]:
+    """Aggregates final test metrics over seeds: one row per method.
+
+    Args:
+      runs: results of `mlesearch.train.run`, each with ``method``, ``test``, ``seconds`` and
+        ``task_loss_evaluations``.
+      methods: the methods, in the order of the rows.
+      metrics: the task's metrics, in the order of the columns.
+
+    Returns:
+      ``{"columns": [{"name", "label", "lower_is_better"}], "rows": [{"method", "num_seeds",
+      "cells": {name: {"mean", "std", "best"}}}]}``. ``std`` is the sample standard deviation
+      over seeds (0 for one seed); ``best`` marks the best mean of each metric column (ties
+      included). The cost columns (``seconds``, ``task_loss_evaluations``) are not marked.
+    """
+    columns = [
+        {"name": m.name, "label": m.label or m.name, "lower_is_better": m.lower_is_better}
+        for m in metrics
+    ] + [{"name": name, "label": label, "lower_is_better": None} for name, label in COST_COLUMNS]
+    rows = []
+    for method in methods:
+        method_runs = [r for r in runs if r["method"] == method]
+        cells = {}
+        for column in columns:
+            name = column["name"]
+            values = np.array(
+                [
+                    r["test"][name] if column["lower_is_better"] is not None else r[name]
+                    for r in method_runs
+                ],
+                dtype=np.float64,
+            )
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            cells[name] = {"mean": float(np.mean(values)), "std": std, "best": False}
+        rows.append({"method": method, "num_seeds": len(method_runs), "cells": cells})
+    for column in columns:
+        if column["lower_is_better"] is None:
+            continue
+        name = column["name"]
+        means = [row["cells"][name]["mean"] for row in rows]
+        finite = [m for m in means if math.isfinite(m)]
+        if not finite:
+            continue
+        best = min(finite) if column["lower_is_better"] else max(finite)
+        for row in rows:
+            row["cells"][name]["best"] = math.isclose(
+                row["cells"][name]["mean"], best, rel_tol=1e-9, abs_tol=1e-12
+            )
+    return {"columns": columns, "rows": rows}
+
+
+def _format_cell(cell: Mapping[str, Any], name: str, num_seeds: int) -> str:
+    mean, std = cell["mean"], cell["std"]
+    if name == "task_loss_evaluations":
+        text = f"{mean:.0f}"
+    elif name == "seconds":
+        text = f"{mean:.2f} ± {std:.2f}" if num_seeds > 1 else f"{mean:.2f}"
+    else:
+        text = f"{mean:.4f} ± {std:.4f}" if num_seeds > 1 else f"{mean:.4f}"
+    return text
+
+
+def format_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
+    """Renders `summarize`'s output as an aligned text table or as a markdown table.
+
+    Args:
+      summary: the output of `summarize`.
+      markdown: a markdown table (best means in bold) instead of plain text (best means
+        followed by ``*``).
+
+    Returns:
+      The table, without a trailing newline.
+    """
+    columns = summary["columns"]
+    header = ["method"] + [
+        c["label"]
+        + ("" if c["lower_is_better"] is None else (" ↓" if c["lower_is_better"] else " ↑"))
+        for c in columns
+    ]
+    body = []
+    for row in summary["rows"]:
+        cells = [row["method"]]
+        for column in columns:
+            cell = row["cells"][column["name"]]
+            text = _format_cell(cell, column["name"], row["num_seeds"])
+            if markdown:
+                text = f"**{text}**" if cell["best"] else text
+            elif column["lower_is_better"] is not None:
+                text += " *" if cell["best"] else "  "  # keeps the digits aligned
+            cells.append(text)
+        body.append(cells)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |"]
+        lines.append("|" + "|".join([":---"] + ["---:"] * len(columns)) + "|")
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = []
+    for cells in [header, None, *body]:
+        if cells is None:
+            lines.append("  ".join("-" * w for w in widths))
+            continue
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        lines.append("  ".join([first, *rest]).rstrip())
+    return "\n".join(lines)
+
+
+def plot_histories(
+    runs: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    metric: Metric,
+    directory: Path,
+    title: str,
+) -> list[Path]:
+    """Plots a validation metric against steps and against wall-clock seconds.
+
+    One line per method (the mean over seeds) with a shaded band from the minimum to the maximum
+    over seeds. Uses matplotlib's Agg canvas, so no display is needed.
+
+    Args:
+      runs: results of `mlesearch.train.run`, each with a ``history``.
+      methods: the methods to plot.
+      metric: the metric, read from ``history[i]["valid"]``.
+      directory: where to write the PNG files.
+      title: the title of both plots.
+
+    Returns:
+      The paths of the two PNG files written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    label = metric.label or metric.name
+    paths = []
+    for axis_name, axis_label in (("step", "fine-tuning step"), ("seconds", "wall-clock seconds")):
+        figure = Figure(figsize=(6.0, 4.0), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        for method in methods:
+            histories = [r["history"] for r in runs if r["method"] == method and r["history"]]
+            if not histories:
+                continue
+            length = min(len(h) for h in histories)
+            x = np.mean([[e[axis_name] for e in h[:length]] for h in histories], axis=0)
+            values = np.array([[e["valid"][metric.name] for e in h[:length]] for h in histories])
+            (line,) = axes.plot(x, values.mean(axis=0), label=method)
+            if len(histories) > 1:
+                axes.fill_between(
+                    x, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2
+                )
+        axes.set_xlabel(axis_label)
+        better = "lower" if metric.lower_is_better else "higher"
+        axes.set_ylabel(f"validation {label} ({better} is better)")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        path = directory / f"valid_{metric.name}_vs_{axis_name}.png"
+        figure.savefig(path, dpi=120)
+        paths.append(path)
+    return paths
+
+
+def compare(
+    config: ml_collections.ConfigDict,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    workdir: str | Path,
+    *,
+    pretrained_dir: str | Path | None = None,
+    progress: bool | None = None,
+    echo: bool = True,
+) -> dict[str, Any]:
+    """Runs every method over every seed from one pretrained model, and reports on the test split.
+
+    Writes, in ``workdir``: ``results.json`` (the config, every run's history and final metrics,
+    and the table), ``results.md`` (the table in markdown) and two plots of the task's primary
+    validation metric, against steps and against wall-clock seconds. Runs already finished in
+    ``workdir`` with the same config are read back, not repeated.
+
+    Args:
+      config: the experiment config; ``method`` and ``seed`` are replaced by each run's.
+      methods: names from ``METHODS``.
+      seeds: the seeds of the runs of each method.
+      workdir: the work directory (pretrained model, checkpoints, results).
+      pretrained_dir: where the shared pretrained model lives; default ``<workdir>/pretrained``.
+      progress: show progress bars: True, False, or None for only on a terminal.
+      echo: print the progress of the comparison and the table.
+
+    Returns:
+      ``{"summary": summarize(...), "table": str, "markdown": str, "runs": [...], "files":
+      {"json", "markdown", "plots"}}``; the runs are those of `mlesearch.train.run`, without
+      their parameters.
+
+    Raises:
+      ValueError: for an unknown method or task, or an invalid config.
+    """
+    parse_methods(",".join(methods))
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    task = train.get_task(config)
+    if pretrained_dir is None:
+        pretrained_dir = workdir / train.PRETRAINED_DIR
+    _, pretrain_record = train.pretrain(config, pretrained_dir, task=task, progress=progress)
+    if echo:
+        valid = pretrain_record["valid"]
+        shown = ", ".join(f"{m.label or m.name} {valid[m.name]:.4g}" for m in task.metrics)
+        print(
+            f"Pretrained model (MLE, {pretrain_record['steps']} steps, kept step "
+            f"{pretrain_record['best_step']}): validation {shown}. In {pretrained_dir}.",
+            flush=True,
+        )
+    runs = []
+    for method in methods:
+        for seed in seeds:
+            run_config = ml_collections.ConfigDict(config.to_dict())
+            run_config.method = method
+            run_config.seed = int(seed)
+            result = train.run(
+                run_config, workdir, pretrained_dir=pretrained_dir, task=task, progress=progress
+            )
+            result.pop("params", None)
+            runs.append(result)
+            if echo:
+                shown = ", ".join(
+                    f"{m.label or m.name} {result['test'][m.name]:.4g}" for m in task.metrics
+                )
+                print(
+                    f"  {method:<14} seed {seed}: test {shown}; {result['seconds']:.2f} s, "
+                    f"{result['task_loss_evaluations']} task-loss evaluations.",
+                    flush=True,
+                )
+    summary = summarize(runs, methods, task.metrics)
+    table = format_table(summary)
+    markdown = format_table(summary, markdown=True)
+    primary = next(
+        (m for m in task.metrics if m.name == task.primary_metric),
+        Metric(task.primary_metric, lower_is_better=True),
+    )
+    title = f"{task.name}, {len(seeds)} seed{'s' * (len(seeds) > 1)}"
+    plots = plot_histories(runs, methods, primary, workdir, title)
+    legend = (
+        f"Test split, {task.name}: mean ± std over {len(seeds)} seed(s); "
+        "best mean per metric marked. seconds: fine-tuning wall-clock time (without "
+        "evaluation and compilation); task-loss evals: batch-sized task-loss evaluations."
+    )
+    json_path = workdir / "results.json"
+    markdown_path = workdir / "results.md"
+    json_path.write_text(
+        json.dumps(
+            {
+                "config": config.to_dict(),
+                "methods": list(methods),
+                "seeds": [int(s) for s in seeds],
+                "pretrain": {k: v for k, v in pretrain_record.items() if k != "fingerprint"},
+                "runs": runs,
+                "summary": summary,
+                "table": table,
+                "markdown": markdown,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    markdown_path.write_text(f"{legend}\n\n{markdown}\n")
+    files = {
+        "json": str(json_path),
+        "markdown": str(markdown_path),
+        "plots": [str(p) for p in plots],
+    }
+    if echo:
+        print(f"\n{legend}\n\n{table}\n")
+        print(f"Wrote {json_path}, {markdown_path} and the plots {', '.join(map(str, plots))}.")
+    return {
+        "summary": summary,
+        "table": table,
+        "markdown": markdown,
+        "runs": runs,
+        "files": files,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line.
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlesearch",
+        description=(
+            "MLE-guided parameter search (MGS) and its baselines on the paper's experiments. "
+            "Without a command, runs the default comparison: compare "
+            f"{DEFAULT_TASK} --methods {','.join(DEFAULT_METHODS)} --seeds {DEFAULT_SEEDS}."
+        ),
+        epilog=(
+            "Set any config field with --config.<field>=<value>, e.g. --config.steps=100 "
+            "--config.mgs.num_candidates=8. CONFIG is a config name "
+            f"({', '.join(available_configs())}) or a path to a config file."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{run,compare}")
+
+    def add_common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("config", metavar="CONFIG", help="config name or config file")
+        sub.add_argument(
+            "--workdir",
+            default=None,
+            help=f"work directory (default: ./{RUNS_DIR}/<task>)",
+        )
+        sub.add_argument(
+            "--pretrained-dir",
+            default=None,
+            help="the pretrained model, shared between work directories "
+            "(default: <workdir>/pretrained)",
+        )
+        sub.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+    run_parser = commands.add_parser(
+        "run", help="fine-tune one method (config.method) for one seed (config.seed)"
+    )
+    add_common(run_parser)
+    compare_parser = commands.add_parser(
+        "compare", help="compare methods over seeds; write a table and plots"
+    )
+    add_common(compare_parser)
+    compare_parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, from {','.join(METHODS)} (default: %(default)s)",
+    )
+    compare_parser.add_argument(
+        "--seeds",
+        default=str(DEFAULT_SEEDS),
+        help="a count N (seeds config.seed .. config.seed+N-1) or a list such as 0,1,2 "
+        "(default: %(default)s)",
+    )
+    return parser
+
+
+def _command_run(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    pretrained_dir: str | None,
+    progress: bool | None,
+) -> None:
+    task = train.get_task(config)
+    result = train.run(config, workdir, pretrained_dir=pretrained_dir, task=task, progress=progress)
+    shown = ", ".join(f"{m.label or m.name} {result['test'][m.name]:.4g}" for m in task.metrics)
+    print(
+        f"{config.method} seed {config.seed} on {task.name}: test {shown}; "
+        f"{result['seconds']:.2f} s, {result['task_loss_evaluations']} task-loss evaluations."
+    )
+    print(f"Wrote {Path(result['directory']) / train.RESULT_FILE}.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``mlesearch`` command.
+
+    Args:
+      argv: the arguments after the program name; None reads ``sys.argv[1:]``. Empty runs the
+        default comparison.
+
+    Returns:
+      The exit status, 0. Errors exit through ``SystemExit`` with status 2 (bad arguments) or 1
+      (a failed run), with a message on stderr.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if not argv:
+        workdir = Path(RUNS_DIR) / DEFAULT_TASK
+        print(
+            f"No command given: running compare {DEFAULT_TASK} --methods "
+            f"{','.join(DEFAULT_METHODS)} --seeds {DEFAULT_SEEDS} --workdir {workdir} "
+            "(mlesearch --help lists the commands).",
+            flush=True,
+        )
+        argv = [
+            "compare",
+            DEFAULT_TASK,
+            "--methods",
+            ",".join(DEFAULT_METHODS),
+            "--seeds",
+            str(DEFAULT_SEEDS),
+            "--workdir",
+            str(workdir),
+        ]
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.error("choose a command: run or compare (or none, for the default comparison)")
+    try:
+        config = apply_overrides(load_config(args.config), rest)
+        train.check_config(config)
+        methods = parse_methods(args.methods) if args.command == "compare" else None
+        seeds = parse_seeds(args.seeds, int(config.seed)) if args.command == "compare" else None
+    except ConfigError as error:
+        parser.error(str(error))
+    except ValueError as error:
+        parser.error(str(error))
+    workdir = Path(args.workdir) if args.workdir else Path(RUNS_DIR) / str(config.task)
+    progress = False if args.no_progress else None
+    try:
+        if args.command == "run":
+            _command_run(config, workdir, args.pretrained_dir, progress)
+        else:
+            compare(
+                config,
+                methods,
+                seeds,
+                workdir,
+                pretrained_dir=args.pretrained_dir,
+                progress=progress,
+            )
+    except ValueError as error:
+        parser.exit(1, f"mlesearch: error: {error}\n")
+    return 0

@@ -1,0 +1,824 @@
+"""One training loop for every method of the paper's comparison, with checkpoints and resumption.
+
+What lives here: `pretrain` (MLE with Adam and early stopping, saved once and reused by every
+method and seed), `run` (fine-tuning one method for one seed from that checkpoint, evaluating,
+checkpointing and resuming), and `make_train_step` (the jitted step of each method in
+``configs.common.METHODS``):
+
+- ``mle``: Adam on the MLE loss.
+- ``mgs``: ``optax.chain(optax.adam(lr), mlesearch.mgs(...))``, whose guide is Adam's update of
+  the MLE gradient and whose task loss is ``task.task_loss`` on the batch [1].
+- ``random_search``: the same with ``mix=1``: every candidate is zero-mean noise.
+- ``pg``: Adam on the REINFORCE surrogate with a moving-average baseline [2], optionally mixed with
+  the MLE loss.
+- ``mrt``: Adam on the minimum risk training objective [3], optionally mixed with the MLE loss.
+- ``guided_es`` / ``open_es``: the evosax adapters of `mlesearch.baselines` on the same task loss,
+  their estimate of the task-loss gradient handed to Adam. Guided ES is guided, as MGS is, by
+  Adam's update of the MLE gradient.
+
+What does not: tasks (`mlesearch.tasks`), configs (``configs/``), the command line, the results
+table and plots (`mlesearch.cli`).
+
+Exact resumption: the random numbers of step ``t`` (data batches, sampled outputs) come from
+``fold_in(key, t)`` for a key made from the seed, and those of MGS and the evolution strategies
+from the PRNG keys carried in the optimiser state; the checkpoints hold both keys. A run stopped
+and restarted with the same work directory ends with the same parameters, bit for bit, as a run
+that was never stopped.
+
+Batches: the loop draws ``config.batch_size`` examples per fine-tuning step and
+``config.pretrain.batch_size`` per pretraining step. When ``task.train_batch`` returns another
+number, it is called on as many keys as needed, and the batches are concatenated along their
+leading axis and cut to size.
+
+Time: the wall-clock seconds recorded exclude compilation (each step function is compiled ahead
+of time), evaluation and checkpointing.
+
+References:
+  [1] Welleck & Cho, `MLE-guided parameter search for task loss minimization in neural sequence
+  modeling <https://arxiv.org/abs/2006.03158>`_, AAAI 2021.
+  [2] Williams, `Simple statistical gradient-following algorithms for connectionist reinforcement
+  learning <https://doi.org/10.1007/BF00992696>`_, Machine Learning, 1992.
+  [3] Shen et al., `Minimum risk training for neural machine translation
+  <https://arxiv.org/abs/1512.02433>`_, ACL 2016.
+  [4] Maheswaranathan et al., `Guided evolutionary strategies
+  <https://arxiv.org/abs/1806.10230>`_, ICML 2019.
+  [5] Salimans et al., `Evolution strategies as a scalable alternative to reinforcement learning
+  <https://arxiv.org/abs/1703.03864>`_, 2017.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mlesearch import baselines
+from mlesearch.configs.common import METHODS
+from mlesearch.tasks import TASKS, Task, make_task
+from mlesearch.transform import mgs
+
+logger = logging.getLogger(__name__)
+
+# Independent random streams, folded into the seed's key.
+_INIT_STREAM = 0
+_PRETRAIN_STREAM = 1
+_FINETUNE_STREAM = 2
+_OPTIMIZER_STREAM = 3
+
+# Keys of ``task.evaluate`` that early stopping of pretraining watches, in order of preference.
+VALID_MLE_KEYS = ("nll", "mle_loss")
+
+PRETRAINED_DIR = "pretrained"
+RESULT_FILE = "result.json"
+
+
+class TrainState(NamedTuple):
+    """What one fine-tuning step carries to the next; all of it is checkpointed.
+
+    Attributes:
+      step: () int32, the number of steps taken.
+      key: () typed PRNG key of the run; step ``t`` draws its batch and samples from
+        ``fold_in(key, t)``.
+      params: the model parameters.
+      opt_state: the optimiser state (with the PRNG keys of MGS and the evolution strategies).
+      baseline: () float32, the REINFORCE baseline (``pg``; 0 for the other methods).
+    """
+
+    step: jax.Array
+    key: jax.Array
+    params: Any
+    opt_state: Any
+    baseline: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and small helpers.
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Checks the fields that the training loop reads, with messages that name the fix.
+
+    Args:
+      config: an experiment config (see ``configs.common.base_config``).
+
+    Raises:
+      ValueError: for an unknown task or method, or a size, step count or weight out of range.
+    """
+    if config.task not in TASKS:
+        raise ValueError(f"Unknown task {config.task!r}; choose one of {', '.join(TASKS)}.")
+    if config.method not in METHODS:
+        raise ValueError(f"Unknown method {config.method!r}; choose one of {', '.join(METHODS)}.")
+    positive = {
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "eval_every": config.eval_every,
+        "checkpoint_every": config.checkpoint_every,
+        "pretrain.steps": config.pretrain.steps,
+        "pretrain.batch_size": config.pretrain.batch_size,
+        "pretrain.eval_every": config.pretrain.eval_every,
+        "pg.num_samples": config.pg.num_samples,
+        "mrt.num_samples": config.mrt.num_samples,
+    }
+    for name, value in positive.items():
+        if int(value) < 1:
+            raise ValueError(f"config.{name} must be at least 1, got {value}.")
+    for name in ("pg", "mrt"):
+        weight = float(config[name].mle_weight)
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"config.{name}.mle_weight must be in [0, 1], got {weight}.")
+
+
+def _key_stream(seed: int, stream: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), stream)
+
+
+def _config_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
+    as_dict = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    return json.dumps(as_dict, sort_keys=True, default=str)
+
+
+def _pretrain_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The fields that determine the pretrained checkpoint."""
+    return json.loads(
+        _config_json(
+            {
+                "task": config.task,
+                "task_config": config.task_config.to_dict(),
+                "pretrain": config.pretrain.to_dict(),
+            }
+        )
+    )
+
+
+def _progress_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: None shows the bar only on a terminal."""
+    return None if progress is None else not progress
+
+
+def _is_key(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _unwrap_keys(tree: Any) -> Any:
+    """Replaces typed PRNG keys by their raw data, which checkpoints can store."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _rewrap_keys(tree: Any, template: Any) -> Any:
+    """Undoes `_unwrap_keys`, with ``template`` saying which leaves were keys of which kind."""
+    return jax.tree.map(
+        lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x,
+        tree,
+        template,
+    )
+
+
+def batch_sampler(task: Task, batch_size: int) -> Callable[[jax.Array], Any]:
+    """Returns ``draw(key) -> batch`` with ``batch_size`` examples, from ``task.train_batch``.
+
+    Args:
+      task: the task.
+      batch_size: the number of examples wanted per batch.
+
+    Returns:
+      ``task.train_batch`` itself when its batches already have ``batch_size`` examples (the
+      leading axis of every leaf), else a function that calls it on ``ceil(batch_size / b)``
+      keys split from ``key``, concatenates and cuts. A task whose batch leaves do not share a
+      leading axis is used as it is, with a warning.
+    """
+    shapes = jax.eval_shape(task.train_batch, jax.random.key(0))
+    leading = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(shapes)}
+    if len(leading) != 1 or None in leading:
+        logger.warning(
+            "The batches of task %r have no common leading axis; using them as they are and "
+            "ignoring batch_size=%d.",
+            task.name,
+            batch_size,
+        )
+        return task.train_batch
+    task_batch_size = leading.pop()
+    if task_batch_size == batch_size:
+        return task.train_batch
+    num_calls = math.ceil(batch_size / task_batch_size)
+
+    def draw(key: jax.Array) -> Any:
+        batches = jax.vmap(task.train_batch)(jax.random.split(key, num_calls))
+        return jax.tree.map(
+            lambda x: x.reshape(num_calls * task_batch_size, *x.shape[2:])[:batch_size], batches
+        )
+
+    return draw
+
+
+class _CheckpointStore:
+    """A thin wrapper around ``orbax.checkpoint.CheckpointManager`` for one directory.
+
+    Each checkpoint holds an array tree (``state``, typed keys stored as raw data) and a JSON
+    document (``meta``).
+    """
+
+    def __init__(self, directory: Path, max_to_keep: int = 2) -> None:
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = directory
+        self.manager = ocp.CheckpointManager(
+            directory.resolve(),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+        ocp = self._ocp
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_unwrap_keys(state)), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        ocp = self._ocp
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
+        ocp = self._ocp
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _unwrap_keys(template))
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        # Through host memory, so that the arrays are placed as freshly made ones are (orbax's
+        # are committed to a device); otherwise the training step would compile once more.
+        leaves = [jnp.asarray(np.asarray(leaf)) for leaf in jax.tree.leaves(restored["state"])]
+        state = jax.tree.unflatten(jax.tree.structure(template), leaves)
+        return _rewrap_keys(state, template), dict(restored["meta"])
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining.
+
+
+def _valid_mle_key(valid_metrics: Mapping[str, float]) -> str | None:
+    return next((name for name in VALID_MLE_KEYS if name in valid_metrics), None)
+
+
+def pretrain(
+    config: ml_collections.ConfigDict,
+    directory: str | Path,
+    *,
+    task: Task | None = None,
+    progress: bool | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """MLE pretraining with Adam and early stopping, saved once in ``directory`` and then reused.
+
+    Every ``config.pretrain.eval_every`` steps the validation MLE loss (``"nll"`` or
+    ``"mle_loss"`` of ``task.evaluate(params, params, "valid")``) is computed; training stops
+    when it has not improved for ``config.pretrain.patience`` evaluations (0 disables early
+    stopping), and the parameters of the best evaluation are kept. A task that reports neither
+    key trains for all ``config.pretrain.steps`` steps and keeps the last parameters.
+
+    If ``directory`` already holds a pretrained checkpoint, it is loaded instead, provided it was
+    made with the same ``task``, ``task_config`` and ``pretrain`` fields.
+
+    Args:
+      config: the experiment config.
+      directory: where the pretrained checkpoint lives, e.g. ``<workdir>/pretrained``.
+      task: the task, if already built from ``config``.
+      progress: show a progress bar: True, False, or None for only on a terminal.
+
+    Returns:
+      ``(params, record)``: the pretrained parameters, and a JSON-able record with
+      ``"history"`` (per evaluation: ``step`` and the validation metrics), ``"best_step"``,
+      ``"steps"`` (steps taken), ``"seconds"`` and ``"valid"`` (metrics of the kept params).
+
+    Raises:
+      ValueError: if ``directory`` holds a checkpoint pretrained with another config.
+    """
+    from tqdm.auto import tqdm
+
+    check_config(config)
+    task = get_task(config) if task is None else task
+    directory = Path(directory)
+    fingerprint = _pretrain_fingerprint(config)
+    init_key = _key_stream(int(config.pretrain.seed), _INIT_STREAM)
+    store = _CheckpointStore(directory, max_to_keep=1)
+    try:
+        saved_step = store.latest_step()
+        if saved_step is not None:
+            record = store.restore_meta(saved_step)
+            if record.get("fingerprint") != fingerprint:
+                raise ValueError(
+                    f"{directory} holds a model pretrained with another task, task_config or "
+                    f"pretrain config ({record.get('fingerprint')}); this run needs "
+                    f"{fingerprint}. Use another work directory, or delete {directory}."
+                )
+            params, _ = store.restore(saved_step, jax.eval_shape(task.init_params, init_key))
+            logger.info("Loaded the pretrained model from %s.", directory)
+            return params, record
+
+        pre = config.pretrain
+        tx = optax.adam(pre.learning_rate)
+        draw = batch_sampler(task, int(pre.batch_size))
+        data_key = _key_stream(pre.seed, _PRETRAIN_STREAM)
+
+        def step_fn(params: Any, opt_state: Any, step: jax.Array) -> tuple[Any, Any, jax.Array]:
+            batch = draw(jax.random.fold_in(data_key, step))
+            loss, grads = jax.value_and_grad(task.mle_loss)(params, batch)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        # One compiled program, rather than one per operation of the initialisers.
+        params = jax.jit(task.init_params)(init_key)
+        opt_state = tx.init(params)
+        step_fn = jax.jit(step_fn).lower(params, opt_state, jnp.zeros((), jnp.int32)).compile()
+
+        history: list[dict[str, Any]] = []
+        best_params, best_loss, best_step, since_best = params, math.inf, 0, 0
+        patience = int(pre.patience)
+        seconds = 0.0
+        steps_taken = 0
+        bar = tqdm(
+            total=int(pre.steps),
+            desc="pretraining (MLE)",
+            disable=_progress_disabled(progress),
+            leave=False,
+            file=sys.stderr,
+        )
+        tic = time.perf_counter()
+        for step in range(int(pre.steps)):
+            params, opt_state, loss = step_fn(params, opt_state, jnp.asarray(step, jnp.int32))
+            steps_taken = step + 1
+            bar.update()
+            if steps_taken % int(pre.eval_every) and steps_taken != int(pre.steps):
+                continue
+            jax.block_until_ready(params)
+            seconds += time.perf_counter() - tic
+            valid = dict(task.evaluate(params, params, "valid"))
+            history.append({"step": steps_taken, "train_mle_loss": float(loss), "valid": valid})
+            watched = _valid_mle_key(valid)
+            bar.set_postfix({watched or "train_mle_loss": valid.get(watched, float(loss))})
+            if watched is None:
+                best_params, best_step = params, steps_taken
+            elif valid[watched] < best_loss:
+                best_params, best_loss, best_step, since_best = (
+                    params,
+                    valid[watched],
+                    steps_taken,
+                    0,
+                )
+            else:
+                since_best += 1
+                if patience > 0 and since_best >= patience:
+                    break
+            tic = time.perf_counter()
+        bar.close()
+        best_valid = next(h["valid"] for h in history if h["step"] == best_step)
+        record = {
+            "fingerprint": fingerprint,
+            "history": history,
+            "best_step": best_step,
+            "steps": steps_taken,
+            "seconds": seconds,
+            "valid": best_valid,
+        }
+        store.save(steps_taken, best_params, record)
+        logger.info(
+            "Pretrained for %d steps (best at %d) in %.1f s; saved to %s.",
+            steps_taken,
+            best_step,
+            seconds,
+            directory,
+        )
+        return best_params, record
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning steps.
+
+
+def evaluations_per_step(config: ml_collections.ConfigDict) -> int:
+    """Batch-sized task-loss evaluations that one step of ``config.method`` makes.
+
+    MGS, random search and the evolution strategies evaluate the task loss on the batch once per
+    candidate; policy gradient and minimum risk training score ``num_samples`` sampled outputs
+    per input, which is ``num_samples`` batches' worth; MLE makes none.
+
+    Args:
+      config: the experiment config.
+
+    Returns:
+      The count, a Python int.
+    """
+    return {
+        "mle": 0,
+        "mgs": int(config.mgs.num_candidates),
+        "random_search": int(config.mgs.num_candidates),
+        "pg": int(config.pg.num_samples),
+        "mrt": int(config.mrt.num_samples),
+        "guided_es": int(config.es.num_candidates),
+        "open_es": int(config.es.num_candidates),
+    }[config.method]
+
+
+def _mgs_transformation(
+    config: ml_collections.ConfigDict, key: jax.Array, mix: float
+) -> optax.GradientTransformationExtraArgs:
+    cfg = config.mgs
+    return mgs(
+        num_candidates=int(cfg.num_candidates),
+        sigma=float(cfg.sigma),
+        temperature="auto" if cfg.auto_temperature else float(cfg.temperature),
+        mix=mix,
+        weighting=cfg.weighting,
+        noise=cfg.noise,
+        antithetic=bool(cfg.antithetic),
+        chunk_size=int(cfg.chunk_size) or None,
+        key=key,
+        target_ess=float(cfg.target_ess),
+    )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+    """The optimiser of ``config.method``, fed the gradient of the method's differentiable loss.
+
+    Args:
+      config: the experiment config.
+
+    Returns:
+      An optax transformation. For ``mgs``, ``random_search`` and ``guided_es`` its ``update``
+      needs ``params``, ``task_loss_fn``, and the ``batch`` and ``reference`` extra arguments.
+      The PRNG keys of MGS and the evolution strategies come from ``config.seed``.
+    """
+    check_config(config)
+    learning_rate = float(config.learning_rate)
+    key = _key_stream(int(config.seed), _OPTIMIZER_STREAM)
+    method = config.method
+    if method in ("mle", "pg", "mrt"):
+        return optax.with_extra_args_support(optax.adam(learning_rate))
+    if method == "mgs":
+        return optax.chain(
+            optax.adam(learning_rate), _mgs_transformation(config, key, float(config.mgs.mix))
+        )
+    if method == "random_search":
+        return optax.chain(optax.adam(learning_rate), _mgs_transformation(config, key, 1.0))
+    es = config.es
+    # The ES return -(estimated task-loss gradient), which Adam then takes as a gradient.
+    adam_on_estimate = (optax.scale(-1.0), optax.adam(learning_rate))
+    if method == "guided_es":
+        return optax.chain(
+            optax.adam(learning_rate),
+            baselines.guided_es(
+                num_candidates=int(es.num_candidates),
+                sigma=float(es.sigma),
+                learning_rate=float(es.learning_rate),
+                alpha=float(es.alpha),
+                key=key,
+            ),
+            *adam_on_estimate,
+        )
+    return optax.chain(
+        baselines.open_es(
+            num_candidates=int(es.num_candidates),
+            sigma=float(es.sigma),
+            learning_rate=float(es.learning_rate),
+            key=key,
+        ),
+        *adam_on_estimate,
+    )
+
+
+def make_train_step(
+    task: Task, config: ml_collections.ConfigDict
+) -> tuple[Callable[[Any], TrainState], Callable[[TrainState, Any], tuple[TrainState, dict]]]:
+    """Builds the fine-tuning step of ``config.method``.
+
+    Args:
+      task: the task.
+      config: the experiment config.
+
+    Returns:
+      ``(init, step)``. ``init(params) -> TrainState`` starts from the given parameters (the
+      pretrained ones), with the keys of ``config.seed``. ``step(state, reference) -> (state,
+      diagnostics)`` is pure and jit-able: ``reference`` is the frozen pretrained parameters,
+      and ``diagnostics`` is a dict of ``()`` float32 arrays (``mle_loss`` on the batch, and per
+      method: ``ess``, ``guide_weight``, ``temperature`` and ``candidate_loss`` for MGS and random
+      search; ``candidate_loss`` for the evolution strategies; ``cost``, ``baseline`` or
+      ``risk`` for PG and MRT). All its randomness comes from the keys in ``state``
+      (``fold_in(state.key, state.step)``, and those in the optimiser state), so one ``step``
+      serves every seed.
+    """
+    check_config(config)
+    method = config.method
+    tx = make_optimizer(config)
+    draw = batch_sampler(task, int(config.batch_size))
+
+    def task_loss_fn(params: Any, batch: Any, reference: Any) -> jax.Array:
+        return task.task_loss(params, batch, reference)
+
+    def init(params: Any) -> TrainState:
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            key=_key_stream(int(config.seed), _FINETUNE_STREAM),
+            params=params,
+            opt_state=tx.init(params),
+            baseline=jnp.zeros((), jnp.float32),
+        )
+
+    def sampled_loss(
+        params: Any, batch: Any, key: jax.Array, reference: Any, baseline: jax.Array, first: Any
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        cfg = config.pg if method == "pg" else config.mrt
+        samples = task.sample(params, batch, key, int(cfg.num_samples), reference)
+        costs = jax.lax.stop_gradient(samples.costs.astype(jnp.float32))
+        mask = samples.mask
+        mle_weight = float(cfg.mle_weight)
+        mle_loss = task.mle_loss(params, batch)
+        cost = jnp.sum(jnp.where(mask, costs, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+        aux = {"mle_loss": mle_loss, "cost": cost}
+        if method == "pg":
+            # The first step has no running baseline yet: start from the batch's mean cost.
+            baseline = jnp.where(first, cost, baseline)
+            loss = baselines.policy_gradient_loss(
+                samples.log_probs,
+                costs,
+                baseline,
+                mask=mask,
+                mle_loss=mle_loss if mle_weight else None,
+                mle_weight=mle_weight,
+            )
+            aux["baseline"] = baselines.update_baseline(
+                baseline, costs, float(config.pg.baseline_decay), mask=mask
+            )
+            return loss, aux
+        risk = baselines.minimum_risk_loss(
+            samples.log_probs, costs, float(config.mrt.alpha), mask=mask
+        )
+        aux["risk"] = risk
+        return (1.0 - mle_weight) * risk + mle_weight * mle_loss, aux
+
+    def step(state: TrainState, reference: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        batch_key, sample_key = jax.random.split(jax.random.fold_in(state.key, state.step))
+        batch = draw(batch_key)
+        params = state.params
+        baseline = state.baseline
+        if method in ("pg", "mrt"):
+            (_, diagnostics), grads = jax.value_and_grad(sampled_loss, has_aux=True)(
+                params, batch, sample_key, reference, baseline, state.step == 0
+            )
+            baseline = diagnostics.get("baseline", baseline)
+        else:
+            mle_loss, grads = jax.value_and_grad(task.mle_loss)(params, batch)
+            diagnostics = {"mle_loss": mle_loss}
+        updates, opt_state = tx.update(
+            grads,
+            state.opt_state,
+            params,
+            task_loss_fn=task_loss_fn,
+            batch=batch,
+            reference=reference,
+        )
+        if method in ("mgs", "random_search"):
+            for name in ("ess", "guide_weight", "temperature"):
+                diagnostics[name] = optax.tree.get(opt_state, name)
+        if method in ("mgs", "random_search", "guided_es", "open_es"):
+            diagnostics["candidate_loss"] = jnp.mean(optax.tree.get(opt_state, "candidate_losses"))
+        new_state = TrainState(
+            step=state.step + 1,
+            key=state.key,
+            params=optax.apply_updates(params, updates),
+            opt_state=opt_state,
+            baseline=jnp.asarray(baseline, jnp.float32),
+        )
+        return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in diagnostics.items()}
+
+    return init, step
+
+
+# The fields of a config that do not change what one fine-tuning step computes, with the values
+# that stand in for them in the key of `_cached_train_step`.
+_OUTSIDE_STEP = {"seed": 0, "steps": 1, "eval_every": 1, "checkpoint_every": 1}
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_train_step(
+    task: Task, step_config_json: str
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """The step of `make_train_step`, shared by every config that differs only in
+    ``_OUTSIDE_STEP``: reusing one function object lets jit reuse its compilation, for every
+    seed of a comparison."""
+    return make_train_step(task, ml_collections.ConfigDict(json.loads(step_config_json)))[1]
+
+
+def _step_config_json(config: ml_collections.ConfigDict) -> str:
+    as_dict = {**config.to_dict(), **_OUTSIDE_STEP}
+    as_dict["pretrain"] = {**as_dict["pretrain"], "steps": 1, "eval_every": 1, "patience": 0}
+    return _config_json(as_dict)
+
+
+_TASK_CACHE: collections.OrderedDict[tuple[str, str], Task] = collections.OrderedDict()
+_TASK_CACHE_SIZE = 4
+
+
+def get_task(config: ml_collections.ConfigDict) -> Task:
+    """Builds the task of ``config``, or returns the one built for an equal task config.
+
+    Reusing the task object lets the jitted functions it holds (and the training steps built on
+    it) keep their compilations from one run to the next in the same process.
+
+    Args:
+      config: the experiment config; ``config.task`` and ``config.task_config`` are read.
+
+    Returns:
+      The `Task`.
+
+    Raises:
+      ValueError: for an unknown task.
+    """
+    key = (str(config.task), _config_json(config.task_config))
+    if key in _TASK_CACHE:
+        _TASK_CACHE.move_to_end(key)
+        return _TASK_CACHE[key]
+    task = make_task(config.task, config.task_config)
+    _TASK_CACHE[key] = task
+    while len(_TASK_CACHE) > _TASK_CACHE_SIZE:
+        _TASK_CACHE.popitem(last=False)
+    return task
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def run_directory(workdir: str | Path, method: str, seed: int) -> Path:
+    """Where the checkpoints and result of one run live: ``<workdir>/<method>/seed_<seed>``."""
+    return Path(workdir) / method / f"seed_{seed}"
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    pretrained_dir: str | Path | None = None,
+    task: Task | None = None,
+    progress: bool | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tunes ``config.method`` for ``config.steps`` steps from the pretrained model.
+
+    Pretrains first (see `pretrain`) unless ``pretrained_dir`` already holds the checkpoint.
+    Every ``config.eval_every`` steps (and at steps 0 and ``config.steps``) it records the
+    validation metrics; every ``config.checkpoint_every`` steps (and at the end) it saves a
+    checkpoint in ``run_directory(workdir, method, seed)``. If that directory holds checkpoints
+    of the same config, the run resumes from the latest, and ends as a run never stopped would.
+    At the end it evaluates on the test split and writes ``result.json`` beside the checkpoints.
+
+    Args:
+      config: the experiment config.
+      workdir: the work directory of the experiment.
+      pretrained_dir: where the pretrained checkpoint lives (shared between runs); default
+        ``<workdir>/pretrained``.
+      task: the task, if already built from ``config``.
+      progress: show progress bars: True, False, or None for only on a terminal.
+      max_steps: stop once this many steps in total have been taken, without the final
+        evaluation, as if the run had been interrupted; None runs to the end.
+
+    Returns:
+      A dict: ``method``, ``seed``, ``finished`` (False when stopped by ``max_steps``),
+      ``steps`` (taken), ``seconds`` (fine-tuning wall-clock time), ``task_loss_evaluations``
+      (batch-sized, see `evaluations_per_step`), ``history`` (per evaluation: ``step``,
+      ``seconds``, ``task_loss_evaluations``, ``valid`` metrics and ``train`` diagnostics of the
+      last step), ``test`` (metrics on the test split, None when not finished), ``pretrain``
+      (the record of `pretrain`) and ``directory``; and ``params``, the final parameters,
+      which ``result.json`` leaves out.
+
+    Raises:
+      ValueError: for an invalid config, or a run directory holding checkpoints of another
+        config.
+    """
+    from tqdm.auto import tqdm
+
+    check_config(config)
+    task = get_task(config) if task is None else task
+    workdir = Path(workdir)
+    pretrained_dir = workdir / PRETRAINED_DIR if pretrained_dir is None else Path(pretrained_dir)
+    reference, pretrain_record = pretrain(config, pretrained_dir, task=task, progress=progress)
+
+    method, seed = config.method, int(config.seed)
+    num_steps, eval_every = int(config.steps), int(config.eval_every)
+    checkpoint_every = int(config.checkpoint_every)
+    per_step = evaluations_per_step(config)
+    init, _ = make_train_step(task, config)
+    step_fn = _cached_train_step(task, _step_config_json(config))
+    state = init(reference)
+    directory = run_directory(workdir, method, seed)
+    config_json = json.loads(_config_json(config))
+    store = _CheckpointStore(directory)
+    try:
+        history: list[dict[str, Any]] = []
+        seconds = 0.0
+        saved_step = store.latest_step()
+        if saved_step is not None:
+            if store.restore_meta(saved_step).get("config") != config_json:
+                raise ValueError(
+                    f"{directory} holds checkpoints of a run with another config. Use another "
+                    f"work directory, or delete {directory} to start this run afresh."
+                )
+            state, meta = store.restore(saved_step, state)
+            history, seconds = list(meta["history"]), float(meta["seconds"])
+            logger.info("Resuming %s seed %d from step %d.", method, seed, saved_step)
+
+        def record(done: int, diagnostics: Mapping[str, jax.Array]) -> None:
+            valid = dict(task.evaluate(state.params, reference, "valid"))
+            history.append(
+                {
+                    "step": done,
+                    "seconds": seconds,
+                    "task_loss_evaluations": done * per_step,
+                    "valid": valid,
+                    "train": {k: float(v) for k, v in diagnostics.items()},
+                }
+            )
+
+        start = int(state.step)
+        if start == 0 and not history:
+            record(0, {})
+        end = num_steps if max_steps is None else min(num_steps, int(max_steps))
+        if start < end:
+            compiled = jax.jit(step_fn).lower(state, reference).compile()
+        bar = tqdm(
+            total=num_steps,
+            initial=start,
+            desc=f"{method} seed {seed}",
+            disable=_progress_disabled(progress),
+            leave=False,
+            file=sys.stderr,
+        )
+        tic = time.perf_counter()
+        for done in range(start + 1, end + 1):
+            state, diagnostics = compiled(state, reference)
+            bar.update()
+            evaluate_now = done % eval_every == 0 or done == num_steps
+            save_now = done % checkpoint_every == 0 or done == num_steps
+            if not (evaluate_now or save_now):
+                continue
+            jax.block_until_ready(state)
+            seconds += time.perf_counter() - tic
+            if evaluate_now:
+                record(done, diagnostics)
+                primary = history[-1]["valid"].get(task.primary_metric)
+                if primary is not None:
+                    bar.set_postfix({f"valid {task.primary_metric}": f"{primary:.4g}"})
+            if save_now:
+                store.save(
+                    done, state, {"config": config_json, "history": history, "seconds": seconds}
+                )
+            tic = time.perf_counter()
+        bar.close()
+        done = int(state.step)
+        finished = done >= num_steps
+        result = {
+            "method": method,
+            "seed": seed,
+            "finished": finished,
+            "steps": done,
+            "seconds": seconds,
+            "task_loss_evaluations": done * per_step,
+            "history": history,
+            "test": dict(task.evaluate(state.params, reference, "test")) if finished else None,
+            "pretrain": {k: v for k, v in pretrain_record.items() if k != "fingerprint"},
+            "directory": str(directory),
+        }
+        if finished:
+            (directory / RESULT_FILE).write_text(json.dumps(result, indent=2))
+        result["params"] = state.params
+        return result
+    finally:
+        store.close()

@@ -1,0 +1,179 @@
+"""The ``mlesearch`` command: configs, overrides, errors, and the comparison's table and files."""
+
+import json
+from pathlib import Path
+
+import jax
+import pytest
+
+from mlesearch import cli
+from mlesearch.tasks import Metric
+
+# The tiny digits setting of train_test.py, as command-line overrides.
+TINY_OVERRIDES = [
+    "--config.task_config.hidden_size=8",
+    "--config.pretrain.steps=40",
+    "--config.pretrain.eval_every=20",
+    "--config.steps=30",
+    "--config.eval_every=10",
+    "--config.checkpoint_every=10",
+    "--config.batch_size=64",
+    "--config.learning_rate=0.01",
+    "--config.mgs.num_candidates=4",
+    "--config.es.num_candidates=4",
+    "--config.pg.num_samples=4",
+    "--config.mrt.num_samples=4",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compilation():
+    """XLA's optimisations change nothing in these results and slow down their compilation."""
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def test_overrides_take_the_type_of_the_field():
+    config = cli.load_config("digits")
+    cli.apply_overrides(
+        config,
+        [
+            "--config.method=pg",
+            "--config.mgs.num_candidates=8",
+            "--config.mgs.sigma",  # The value may also be the next argument.
+            "2",
+            "--config.mgs.auto_temperature=false",
+            "--config.learning_rate=3e-4",
+            "--config.task_config.task_loss=f1",
+        ],
+    )
+    assert config.method == "pg"
+    assert config.mgs.num_candidates == 8 and isinstance(config.mgs.num_candidates, int)
+    assert config.mgs.sigma == 2.0 and isinstance(config.mgs.sigma, float)
+    assert config.mgs.auto_temperature is False
+    assert config.learning_rate == 3e-4
+    assert config.task_config.task_loss == "f1"
+
+
+def test_config_file_and_config_name_load_the_same_config():
+    path = Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+    assert cli.load_config(str(path)).to_dict() == cli.load_config("digits").to_dict()
+    assert "digits" in cli.available_configs() and "common" not in cli.available_configs()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "digits", "--config.stepz=3"], "Unknown field config.stepz"),
+        (["run", "digits", "--config.mgs.nope=3"], "The fields of config.mgs are"),
+        (["run", "digits", "--config.mgs=3"], "config.mgs is a group of fields"),
+        (["run", "digits", "--config.steps=ten"], "config.steps is an int"),
+        (["run", "digits", "--config.mgs.antithetic=maybe"], "is a bool"),
+        (["run", "digits", "--config.method=sgd"], "Unknown method 'sgd'"),
+        (["run", "digits", "--config.task=chess"], "Unknown task 'chess'"),
+        (["run", "digits", "--verbose"], "Unrecognised argument '--verbose'"),
+        (["run", "no_such_experiment"], "Unknown config 'no_such_experiment'"),
+        (["run", "missing/config.py"], "No config file"),
+        (["compare", "digits", "--methods", "mle,sgd"], "Unknown method"),
+        (["compare", "digits", "--seeds", "0"], "--seeds must be at least 1"),
+    ],
+)
+def test_mistakes_exit_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bare_command_runs_the_default_text_completion_comparison(monkeypatch, tmp_path):
+    calls = {}
+    load_config = cli.load_config
+
+    def fake_load_config(name):
+        calls["config"] = name
+        config = load_config("digits")
+        config.task = "text_completion"
+        return config
+
+    def fake_compare(config, methods, seeds, workdir, **kwargs):
+        calls.update(methods=methods, seeds=seeds, workdir=workdir)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "load_config", fake_load_config)
+    monkeypatch.setattr(cli, "compare", fake_compare)
+    assert cli.main([]) == 0
+    assert calls == {
+        "config": "text_completion",
+        "methods": ["mle", "mgs", "pg", "mrt"],
+        "seeds": [0, 1, 2],
+        "workdir": Path("mlesearch_runs") / "text_completion",
+    }
+
+
+def test_table_marks_the_best_mean_of_each_metric():
+    metrics = (Metric("error", True, "error"), Metric("f1", False, "F1"))
+    runs = [
+        {"method": m, "test": {"error": e, "f1": f}, "seconds": 1.0, "task_loss_evaluations": n}
+        for m, e, f, n in [
+            ("mle", 0.2, 0.7, 0),
+            ("mle", 0.4, 0.9, 0),
+            ("mgs", 0.1, 0.6, 40),
+            ("mgs", 0.2, 0.8, 40),
+        ]
+    ]
+    summary = cli.summarize(runs, ["mle", "mgs"], metrics)
+    rows = {row["method"]: row["cells"] for row in summary["rows"]}
+    assert rows["mle"]["error"]["mean"] == pytest.approx(0.3)
+    assert rows["mgs"]["error"]["std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert rows["mgs"]["error"]["best"] and not rows["mle"]["error"]["best"]
+    assert rows["mle"]["f1"]["best"] and not rows["mgs"]["f1"]["best"]
+    assert not any(cells["seconds"]["best"] for cells in rows.values())
+
+    text = cli.format_table(summary)
+    assert "0.1500 ± 0.0707 *" in text and "0.8000 ± 0.1414 *" in text
+    markdown = cli.format_table(summary, markdown=True)
+    assert "**0.1500 ± 0.0707**" in markdown and markdown.startswith("| method |")
+
+
+def test_compare_writes_the_table_and_plots(tmp_path, capsys):
+    workdir = tmp_path / "runs"
+    argv = ["compare", "digits", "--methods", "mle,mgs", "--seeds", "2", "--workdir", str(workdir)]
+    assert cli.main([*argv, "--no-progress", *TINY_OVERRIDES]) == 0
+    out = capsys.readouterr().out
+    assert "Wrote" in out and str(workdir / "results.json") in out
+
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["methods"] == ["mle", "mgs"] and results["seeds"] == [0, 1]
+    assert results["config"]["steps"] == 30
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [
+        ("mle", 0),
+        ("mle", 1),
+        ("mgs", 0),
+        ("mgs", 1),
+    ]
+    assert all(len(r["history"]) == 4 and r["finished"] for r in results["runs"])
+    assert [row["method"] for row in results["summary"]["rows"]] == ["mle", "mgs"]
+    columns = [c["name"] for c in results["summary"]["columns"]]
+    assert columns == ["error", "f1", "nll", "seconds", "task_loss_evaluations"]
+    assert results["table"] in out
+    markdown = (workdir / "results.md").read_text()
+    assert "| method |" in markdown and "**" in markdown
+    for name in ("valid_error_vs_step.png", "valid_error_vs_seconds.png"):
+        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every run started from the one pretrained model.
+    assert len({json.dumps(r["pretrain"], sort_keys=True) for r in results["runs"]}) == 1
+
+    # Run again: finished runs are read back from their checkpoints, with the same results.
+    assert cli.main([*argv, "--no-progress", *TINY_OVERRIDES]) == 0
+    again = json.loads((workdir / "results.json").read_text())
+    assert [r["test"] for r in again["runs"]] == [r["test"] for r in results["runs"]]
+
+
+def test_run_command_fine_tunes_one_method(tmp_path, capsys):
+    argv = ["run", "digits", "--workdir", str(tmp_path), "--no-progress", *TINY_OVERRIDES]
+    assert cli.main([*argv, "--config.method=mle", "--config.steps=5"]) == 0
+    out = capsys.readouterr().out
+    assert "mle seed 0 on digits: test 0/1 error" in out
+    assert (tmp_path / "mle" / "seed_0" / "result.json").is_file()
