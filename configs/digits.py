@@ -5,6 +5,7 @@ minutes on two CPU cores.
 """
 
 import ml_collections
+
 from mlesearch.configs.common import base_config
 
 
