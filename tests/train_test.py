@@ -12,10 +12,10 @@ import chex
 import jax
 import optax
 import pytest
-from mlesearch.configs import digits
-from mlesearch.configs.common import METHODS
 
 from mlesearch import train
+from mlesearch.configs import digits
+from mlesearch.configs.common import METHODS
 
 # Small enough to compile and run in seconds; the pretrained model is left far from converged, so
 # that fine-tuning has room to lower the task loss within 30 steps.
