@@ -1,0 +1,789 @@
+r"""Text completion: continue English sentences without repeating or running on.
+
+The language-modelling setting of [1] at laptop scale. A small `models.TransformerLM` is trained by
+maximum likelihood on English sentences, then fine-tuned so that its greedy continuations of
+sentence prefixes degenerate less (fewer repeated n-grams [3], fewer continuations that never end
+[2]) while its perplexity on human text holds.
+
+Data
+----
+The corpus is the English help text that ships with every CPython, ``pydoc_data.topics.topics``
+(the pages behind ``help("with")`` and friends), so nothing is downloaded. `load_sentences` folds
+it to ASCII, drops code blocks, grammar rules, interactive sessions and underlines, joins the
+remaining paragraphs, splits them into sentences and keeps those that look like prose. The
+sentences therefore depend on the Python version that runs the task (3.11 gives about 2,000
+distinct sentences).
+
+`split_sentences` assigns each sentence to the held-out pool when the SHA-1 of its text, read as a
+fraction of 2**160, is below ``heldout_fraction``; everything else is training data. The split is
+thus deterministic, independent of the order of the corpus, and disjoint (sentences are distinct).
+Held-out sentences that pass the length filter fill ``valid`` first, then ``test``, in hash order.
+
+Tokenizer
+---------
+A byte-pair encoding [4] (Hugging Face ``tokenizers``) trained on the training sentences only, with
+a Metaspace pre-tokenizer (spaces become ``▁`` and stay part of the following token, so decoding
+restores the text exactly), the printable ASCII characters as its initial alphabet (every
+normalised character is covered, so no unknown token is needed) and the special tokens
+``<pad>`` (id 0) and ``<eos>`` (id 1). Training is single-pass and deterministic: the same
+sentences and settings give the same merges. The trained tokenizer is cached as JSON under
+``cache_dir`` (``~/.cache/mlesearch/text_completion`` by default), in a file named by a hash of the
+settings and of the training sentences, so a later run loads it instead of training again.
+
+Examples
+--------
+Each sentence becomes its token ids followed by EOS, right-padded with ``<pad>`` to
+``max_tokens + 1`` columns. Sentences with fewer than ``min_tokens`` or more than ``max_tokens``
+tokens (EOS excluded) are dropped. The *prefix* is the first ``prefix_len`` tokens of a sentence
+(the same for every row, so prompts have one shape); the *reference continuation* is the rest, up
+to and including EOS. A batch is ``{"tokens": int32 (B, max_tokens + 1)}``.
+
+Losses
+------
+- ``mle_loss``: the token-level cross-entropy of whole sentences (every token after the first, EOS
+  included), padding masked.
+- ``task_loss`` with ``task_loss="lm"`` (MGS-LM of [1]): greedy-decode at most ``max_decode_len``
+  tokens after each prefix with the parameters being scored, then take the negative
+  log-likelihood of the decoded continuation, *summed* over its tokens up to and including the
+  first EOS, under the frozen ``reference`` parameters (the MLE checkpoint); average over the
+  batch. This is the ``"lm"`` distance of the released code of [1], which sums the score model's
+  token log-probabilities under a mask that keeps everything up to the first EOS. (The released
+  code also sums over the prefix, a constant for a given batch; we leave it out.) A continuation
+  that never ends is ``max_decode_len`` tokens long, and so pays for every one of them.
+- ``task_loss`` with ``task_loss="repetition"``: seq-rep-n [3] (``rep_n``, 4 by default) plus
+  non-termination [2] of the greedy continuations, averaged over the batch (in ``[0, 2]``).
+
+Both task losses are smallest for a model that ends every sentence at once: a continuation that is
+only EOS costs ``-log p(EOS)`` under ``"lm"`` and 0 under ``"repetition"``. A method that
+minimises them without the MLE loss pulling back (policy gradient or minimum risk training with
+``mle_weight=0``) finds that solution; the perplexity and ``len_gap`` columns show it.
+
+- ``sample``: ``num_samples`` continuations per prefix by ancestral sampling at
+  ``sample_temperature``; their log-probabilities come from a teacher-forced pass of prefix plus
+  sample through the model, so they are differentiable, and their costs are those of the task
+  loss, per sample.
+
+Evaluation
+----------
+``evaluate`` greedy-decodes every prefix of the split (``max_decode_len`` tokens, as in training)
+and reports ``task_loss``; ``seq_rep_4`` and ``non_term``, the means over continuations of
+seq-rep-4 and of non-termination; ``ppl``, the perplexity of the human continuations (EOS
+included) under the evaluated parameters; ``avg_len`` and ``avg_len_ref``, the mean lengths of
+generated and human continuations (EOS included), and ``len_gap = |avg_len - avg_len_ref|``;
+``seq_rep_4_ref``, seq-rep-4 of the human continuations; and ``mle_loss``, the ``mle_loss`` of the
+split's sentences (the pretraining's early-stopping criterion).
+
+References:
+  [1] S. Welleck and K. Cho, "MLE-guided parameter search for task loss minimization in neural
+      sequence modeling", AAAI 2021. https://arxiv.org/abs/2006.03158
+  [2] S. Welleck, I. Kulikov, J. Kim, R. Y. Pang and K. Cho, "Consistency of a recurrent language
+      model with respect to incomplete decoding", EMNLP 2020. https://arxiv.org/abs/2002.02492
+  [3] S. Welleck, I. Kulikov, S. Roller, E. Dinan, K. Cho and J. Weston, "Neural text generation
+      with unlikelihood training", ICLR 2020. https://arxiv.org/abs/1908.04319
+  [4] R. Sennrich, B. Haddow and A. Birch, "Neural machine translation of rare words with subword
+      units", ACL 2016. https://arxiv.org/abs/1508.07909
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import string
+import tempfile
+import unicodedata
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlesearch import baselines, metrics
+from mlesearch.decoding import greedy_decode, sample_decode, transformer_decoder
+from mlesearch.models import TransformerConfig, TransformerLM, token_log_probs
+from mlesearch.tasks.base import Batch, Metric, Params, Samples, Task
+
+PAD_ID = 0
+EOS_ID = 1
+PAD_TOKEN = "<pad>"
+EOS_TOKEN = "<eos>"
+TASK_LOSSES = ("lm", "repetition")
+SPLITS = ("train", "valid", "test")
+# Changing how sentences are cleaned or the tokenizer is set up must change this, so that cached
+# tokenizers built the old way are not reused.
+_FORMAT_VERSION = 1
+
+_ASCII_FOLD = {
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2026": "...",
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u00a0": " ",
+}
+# Paragraphs that hold any of these are code, grammar rules or interactive sessions.
+_CODE_LINE = re.compile(r"::=|>>>|^\s*\.\.\.\s|^\s{3,}\S.*[=(){}\[\]]\s*$")
+_UNDERLINE = re.compile(r"[*=\-~^+#]{3,}")
+_LIST_MARKER = re.compile(r"^(?:\d+\.|\*|-|\u2022)\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+# Abbreviations after which a full stop does not end a sentence.
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "Mr.", "Dr.", "No.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus.
+
+
+def fold_to_ascii(text: str) -> str:
+    """Returns ``text`` with typographic quotes and dashes replaced and other non-ASCII dropped.
+
+    Args:
+      text: any string.
+
+    Returns:
+      A string of ASCII characters only.
+    """
+    for old, new in _ASCII_FOLD.items():
+        text = text.replace(old, new)
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def _split_into_sentences(paragraph: str) -> list[str]:
+    """Splits prose at ``.``, ``!`` or ``?`` followed by a capital, except after abbreviations."""
+    pieces = _SENTENCE_END.split(paragraph)
+    sentences: list[str] = []
+    for piece in pieces:
+        if sentences and sentences[-1].endswith(_ABBREVIATIONS):
+            sentences[-1] = f"{sentences[-1]} {piece}"
+        else:
+            sentences.append(piece)
+    return sentences
+
+
+def _is_prose(sentence: str, min_words: int) -> bool:
+    """Whether a sentence looks like English prose rather than code or a fragment."""
+    if len(sentence.split()) < min_words or not sentence[0].isupper():
+        return False
+    if not sentence.endswith((".", "!", "?")) or sentence.endswith(":."):
+        return False
+    wordlike = sum(c.isalpha() or c in " ,.'\"-" for c in sentence)
+    return wordlike >= 0.9 * len(sentence)
+
+
+def clean_topics(topics: Mapping[str, str], min_words: int = 4) -> list[str]:
+    """Extracts distinct prose sentences from help texts.
+
+    Paragraphs (blocks separated by blank lines) that contain code, grammar rules (``::=``),
+    interactive sessions (``>>>``) or heading underlines are dropped; the others are joined into
+    one line, stripped of list markers and of reStructuredText emphasis (``*name*``), split into
+    sentences, and kept when they look like prose: a capital first letter, final punctuation, at
+    least ``min_words`` words and at least 90% letters, spaces and ordinary punctuation.
+
+    Args:
+      topics: help texts, keyed by topic; read in sorted key order.
+      min_words: the fewest whitespace-separated words a kept sentence has.
+
+    Returns:
+      The distinct sentences, sorted, each with whitespace collapsed to single spaces.
+    """
+    sentences: set[str] = set()
+    for name in sorted(topics):
+        text = fold_to_ascii(topics[name])
+        for paragraph in re.split(r"\n\s*\n", text):
+            lines = paragraph.split("\n")
+            if any(_CODE_LINE.search(line) for line in lines):
+                continue
+            if any(_UNDERLINE.fullmatch(line.strip()) for line in lines):
+                continue
+            joined = " ".join(line.strip() for line in lines)
+            joined = _LIST_MARKER.sub("", joined)
+            joined = re.sub(r"\*+([^*\s][^*]*?)\*+", r"\1", joined)
+            joined = re.sub(r"\s+", " ", joined).strip()
+            for sentence in _split_into_sentences(joined):
+                sentence = sentence.strip()
+                if sentence and _is_prose(sentence, min_words):
+                    sentences.add(sentence)
+    return sorted(sentences)
+
+
+def load_sentences(min_words: int = 4) -> list[str]:
+    """Returns the prose sentences of CPython's ``pydoc_data.topics`` (see `clean_topics`).
+
+    Args:
+      min_words: the fewest words a kept sentence has.
+
+    Returns:
+      The distinct sentences, sorted.
+    """
+    from pydoc_data.topics import topics
+
+    return clean_topics(topics, min_words=min_words)
+
+
+def _unit_hash(sentence: str) -> float:
+    """The SHA-1 of ``sentence`` as a number in ``[0, 1)``."""
+    digest = hashlib.sha1(sentence.encode("utf-8")).digest()
+    return int.from_bytes(digest, "big") / 2.0**160
+
+
+def split_sentences(
+    sentences: Sequence[str], heldout_fraction: float
+) -> tuple[list[str], list[str]]:
+    """Splits sentences into training and held-out sets by a hash of their text.
+
+    Args:
+      sentences: distinct sentences.
+      heldout_fraction: the expected share of held-out sentences, in ``(0, 1)``.
+
+    Returns:
+      ``(train, heldout)``, each sorted by the hash, so that the order does not depend on the
+      order of ``sentences``.
+    """
+    if not 0.0 < heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}.")
+    ordered = sorted(set(sentences), key=lambda s: (_unit_hash(s), s))
+    heldout = [s for s in ordered if _unit_hash(s) < heldout_fraction]
+    train = [s for s in ordered if _unit_hash(s) >= heldout_fraction]
+    return train, heldout
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer.
+
+
+def default_cache_dir() -> Path:
+    """The tokenizer cache, ``$XDG_CACHE_HOME/mlesearch/text_completion`` or under ``~/.cache``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mlesearch" / "text_completion"
+
+
+def train_tokenizer(sentences: Sequence[str], vocab_size: int) -> Any:
+    """Trains a byte-pair-encoding tokenizer on ``sentences``, deterministically.
+
+    The initial alphabet is every printable ASCII character plus the Metaspace marker ``▁``, so
+    every text returned by `fold_to_ascii` with whitespace collapsed can be encoded. Ids 0 and 1
+    are ``<pad>`` and ``<eos>``.
+
+    Args:
+      sentences: the training sentences, ASCII with single spaces.
+      vocab_size: the size of the vocabulary, specials included; at least 128.
+
+    Returns:
+      A ``tokenizers.Tokenizer``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 128:
+        raise ValueError(f"vocab_size must be at least 128, got {vocab_size!r}.")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    alphabet = [c for c in string.printable if not c.isspace()] + ["\u2581"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD_TOKEN, EOS_TOKEN],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(sentences), trainer)
+    if tokenizer.token_to_id(PAD_TOKEN) != PAD_ID or tokenizer.token_to_id(EOS_TOKEN) != EOS_ID:
+        raise RuntimeError("The special tokens did not get ids 0 and 1.")
+    return tokenizer
+
+
+def tokenizer_cache_key(sentences: Sequence[str], vocab_size: int) -> str:
+    """A hash of the tokenizer's settings and training sentences, naming its cache file."""
+    import tokenizers
+
+    digest = hashlib.sha256()
+    header = dict(version=_FORMAT_VERSION, vocab_size=vocab_size, lib=tokenizers.__version__)
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for sentence in sentences:
+        digest.update(sentence.encode("utf-8") + b"\n")
+    return digest.hexdigest()[:20]
+
+
+def load_or_train_tokenizer(
+    sentences: Sequence[str], vocab_size: int, cache_dir: str | os.PathLike | None = None
+) -> Any:
+    """Loads the tokenizer for these settings from the cache, or trains and caches it.
+
+    Args:
+      sentences: the training sentences.
+      vocab_size: the vocabulary size, specials included.
+      cache_dir: where tokenizers are cached; None or ``""`` uses `default_cache_dir`.
+
+    Returns:
+      A ``tokenizers.Tokenizer``.
+    """
+    from tokenizers import Tokenizer
+
+    directory = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = directory / f"bpe-{vocab_size}-{tokenizer_cache_key(sentences, vocab_size)}.json"
+    if path.exists():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception:  # a corrupt cache file: train again and overwrite it.
+            pass
+    tokenizer = train_tokenizer(sentences, vocab_size)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Write to a temporary file first, so that concurrent runs never read half a file.
+        with tempfile.NamedTemporaryFile(
+            "w", dir=directory, suffix=".tmp", delete=False, encoding="utf-8"
+        ) as handle:
+            handle.write(tokenizer.to_str())
+        os.replace(handle.name, path)
+    except OSError:
+        pass  # an unwritable cache only costs a retrain next time.
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Data.
+
+
+@dataclasses.dataclass(frozen=True)
+class TextCompletionData:
+    """The tokenized splits and the tokenizer.
+
+    Attributes:
+      tokenizer: the ``tokenizers.Tokenizer``.
+      splits: ``{"train", "valid", "test"}`` to int32 arrays of shape ``(num_examples,
+        max_tokens + 1)``: each row a sentence's ids, then EOS, then ``PAD_ID``.
+      sentences: the text of each row, per split.
+    """
+
+    tokenizer: Any
+    splits: Mapping[str, np.ndarray]
+    sentences: Mapping[str, tuple[str, ...]]
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids."""
+        return self.tokenizer.get_vocab_size()
+
+
+def encode_sentences(
+    tokenizer: Any, sentences: Sequence[str], min_tokens: int, max_tokens: int
+) -> tuple[np.ndarray, list[str]]:
+    """Encodes sentences, keeps those of ``min_tokens..max_tokens`` tokens and appends EOS.
+
+    Args:
+      tokenizer: a tokenizer from `train_tokenizer`.
+      sentences: the sentences, in the order to keep.
+      min_tokens: the fewest tokens (EOS excluded) a kept sentence has.
+      max_tokens: the most tokens (EOS excluded) a kept sentence has.
+
+    Returns:
+      ``(tokens, kept)``: int32 ids of shape ``(len(kept), max_tokens + 1)``, right-padded with
+      ``PAD_ID``, and the kept sentences.
+    """
+    rows, kept = [], []
+    for sentence, encoding in zip(sentences, tokenizer.encode_batch(list(sentences)), strict=True):
+        ids = encoding.ids
+        if min_tokens <= len(ids) <= max_tokens:
+            rows.append(ids + [EOS_ID] + [PAD_ID] * (max_tokens - len(ids)))
+            kept.append(sentence)
+    tokens = np.asarray(rows, np.int32).reshape(len(rows), max_tokens + 1)
+    return tokens, kept
+
+
+def build_data(config: Any) -> TextCompletionData:
+    """Builds the splits described by a task config (see `configs/text_completion.py`).
+
+    Args:
+      config: the task config; reads ``vocab_size``, ``min_tokens``, ``max_tokens``,
+        ``heldout_fraction``, ``num_train`` (0 for all), ``num_valid``, ``num_test`` (0 for all
+        the rest), ``min_words`` and ``cache_dir``.
+
+    Returns:
+      The `TextCompletionData`.
+
+    Raises:
+      ValueError: if a split would be empty or the held-out pool is too small for ``num_valid``.
+    """
+    train, heldout = split_sentences(
+        load_sentences(min_words=config.min_words), config.heldout_fraction
+    )
+    tokenizer = load_or_train_tokenizer(train, config.vocab_size, config.cache_dir or None)
+    train_tokens, train_kept = encode_sentences(
+        tokenizer, train, config.min_tokens, config.max_tokens
+    )
+    if config.num_train:
+        train_tokens, train_kept = train_tokens[: config.num_train], train_kept[: config.num_train]
+    heldout_tokens, heldout_kept = encode_sentences(
+        tokenizer, heldout, config.min_tokens, config.max_tokens
+    )
+    num_valid = config.num_valid
+    if num_valid < 1 or num_valid >= len(heldout_kept):
+        raise ValueError(
+            f"num_valid={num_valid} but only {len(heldout_kept)} held-out sentences pass the "
+            "length filter; lower num_valid or raise heldout_fraction."
+        )
+    test_end = len(heldout_kept) if not config.num_test else num_valid + config.num_test
+    if test_end > len(heldout_kept):
+        raise ValueError(
+            f"num_valid + num_test = {test_end} but only {len(heldout_kept)} held-out sentences "
+            "pass the length filter; lower them or raise heldout_fraction."
+        )
+    if len(train_kept) < 1:
+        raise ValueError("No training sentence passes the length filter.")
+    splits = {
+        "train": train_tokens,
+        "valid": heldout_tokens[:num_valid],
+        "test": heldout_tokens[num_valid:test_end],
+    }
+    sentences = {
+        "train": tuple(train_kept),
+        "valid": tuple(heldout_kept[:num_valid]),
+        "test": tuple(heldout_kept[num_valid:test_end]),
+    }
+    return TextCompletionData(tokenizer=tokenizer, splits=splits, sentences=sentences)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model-side functions.
+
+
+def model_config(config: Any, vocab_size: int) -> TransformerConfig:
+    """The `TransformerConfig` of a task config: room for a prefix and a full decoding.
+
+    Args:
+      config: the task config (``num_layers``, ``num_heads``, ``embed_dim``, ``mlp_dim``,
+        ``prefix_len``, ``max_decode_len``, ``max_tokens``).
+      vocab_size: the tokenizer's vocabulary size.
+
+    Returns:
+      A `TransformerConfig` with ``max_len = max(prefix_len + max_decode_len, max_tokens + 1)``.
+    """
+    return TransformerConfig(
+        vocab_size=vocab_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        embed_dim=config.embed_dim,
+        mlp_dim=config.mlp_dim,
+        max_len=max(config.prefix_len + config.max_decode_len, config.max_tokens + 1),
+    )
+
+
+def continuation_mask(lengths: jax.Array, width: int) -> jax.Array:
+    """Marks the tokens of each continuation up to and including its first EOS.
+
+    Args:
+      lengths: the continuation lengths, EOS included, shape ``(batch,)``.
+      width: the number of columns.
+
+    Returns:
+      Float32 mask of shape ``(batch, width)``.
+    """
+    return (jnp.arange(width)[None, :] < lengths[:, None]).astype(jnp.float32)
+
+
+def continuation_log_probs(
+    model: TransformerLM, params: Params, prefix: jax.Array, continuation: jax.Array
+) -> jax.Array:
+    """Teacher-forced log-probabilities of each continuation token given the prefix.
+
+    Args:
+      model: the `TransformerLM`.
+      params: its parameters.
+      prefix: int32 prompts, shape ``(batch, prefix_len)``.
+      continuation: int32 continuations, shape ``(batch, length)``.
+
+    Returns:
+      Float32 log-probabilities, shape ``(batch, length)``; ``[:, t]`` is that of
+      ``continuation[:, t]`` given the prefix and ``continuation[:, :t]``.
+    """
+    full = jnp.concatenate([prefix, continuation], axis=1).astype(jnp.int32)
+    logits = model.apply(params, full[:, :-1])
+    return token_log_probs(logits[:, prefix.shape[1] - 1 :], full[:, prefix.shape[1] :])
+
+
+def continuation_lengths(continuation: jax.Array, max_len: int) -> jax.Array:
+    """Lengths up to and including the first EOS, or ``max_len`` when there is none.
+
+    Args:
+      continuation: int token ids, shape ``(batch, max_len)``.
+      max_len: the number of columns.
+
+    Returns:
+      Int32 lengths, shape ``(batch,)``.
+    """
+    positions = jnp.arange(max_len)
+    first_eos = jnp.min(jnp.where(continuation == EOS_ID, positions, max_len), axis=1)
+    return jnp.minimum(first_eos + 1, max_len).astype(jnp.int32)
+
+
+def continuation_costs(
+    kind: str,
+    model: TransformerLM,
+    reference: Params,
+    prefix: jax.Array,
+    continuation: jax.Array,
+    lengths: jax.Array,
+    rep_n: int = 4,
+) -> jax.Array:
+    """The task cost of each continuation of a prefix.
+
+    Args:
+      kind: ``"lm"``: the negative log-likelihood under ``reference``, summed over the tokens up
+        to and including the first EOS (the ``"lm"`` distance of [1]); ``"repetition"``:
+        seq-rep-``rep_n`` [3] plus non-termination [2] (``reference`` and ``prefix`` unused).
+      model: the `TransformerLM`.
+      reference: the parameters that score continuations for ``"lm"`` (the MLE checkpoint).
+      prefix: int32 prompts, shape ``(batch, prefix_len)``.
+      continuation: int32 continuations, shape ``(batch, length)``, ``PAD_ID`` after EOS.
+      lengths: continuation lengths up to and including EOS (``length`` where there is none),
+        shape ``(batch,)``.
+      rep_n: n of seq-rep-n.
+
+    Returns:
+      Float32 costs, shape ``(batch,)``; lower is better.
+    """
+    if kind == "lm":
+        log_probs = continuation_log_probs(model, reference, prefix, continuation)
+        mask = continuation_mask(lengths, continuation.shape[1])
+        return -jnp.sum(log_probs * mask, axis=1)
+    if kind == "repetition":
+        repetition = metrics.sequence_repetition(continuation, rep_n, eos_id=EOS_ID, pad_id=PAD_ID)
+        return repetition + metrics.non_termination(continuation, eos_id=EOS_ID)
+    raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {kind!r}.")
+
+
+def _rows_in_chunks(array: np.ndarray, chunk: int) -> list[tuple[np.ndarray, int]]:
+    """Splits rows into chunks of exactly ``chunk`` rows (the last repeats row 0 as filler)."""
+    out = []
+    for start in range(0, len(array), chunk):
+        piece = array[start : start + chunk]
+        valid = len(piece)
+        if valid < chunk:
+            filler = np.repeat(array[:1], chunk - valid, axis=0)
+            piece = np.concatenate([piece, filler])
+        out.append((piece, valid))
+    return out
+
+
+def make_task(config: Any) -> Task:
+    """Builds the text completion task.
+
+    Args:
+      config: the task config (``config.task_config`` of `configs/text_completion.py`); the
+        fields are documented there.
+
+    Returns:
+      The `Task`. Its batches are ``{"tokens": int32 (batch_size, max_tokens + 1)}``.
+
+    Raises:
+      ValueError: for inconsistent lengths or an unknown ``task_loss``.
+    """
+    if config.task_loss not in TASK_LOSSES:
+        raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {config.task_loss!r}.")
+    if not 1 <= config.prefix_len <= config.min_tokens - 1:
+        raise ValueError(
+            f"prefix_len ({config.prefix_len}) must be in [1, min_tokens - 1] "
+            f"(min_tokens={config.min_tokens}) so that every sentence has a continuation."
+        )
+    if config.max_tokens < config.min_tokens:
+        raise ValueError("max_tokens must be at least min_tokens.")
+    longest_reference = config.max_tokens + 1 - config.prefix_len
+    if config.max_decode_len < longest_reference:
+        raise ValueError(
+            f"max_decode_len ({config.max_decode_len}) is shorter than the longest reference "
+            f"continuation ({longest_reference} tokens with EOS); raise it."
+        )
+    data = build_data(config)
+    mconfig = model_config(config, data.vocab_size)
+    model = TransformerLM(mconfig)
+    decoder = transformer_decoder(mconfig)
+    prefix_len = config.prefix_len
+    decode_len = config.max_decode_len
+    batch_size = config.batch_size
+    rep_n = config.rep_n
+    task_loss_kind = config.task_loss
+    sample_temperature = config.sample_temperature
+    dedupe = config.dedupe_samples
+    eval_chunk = config.eval_batch_size
+    train_tokens = jnp.asarray(data.splits["train"])
+
+    @jax.jit
+    def init_params(key: jax.Array) -> Params:
+        """Fresh `TransformerLM` parameters (jitted: far faster than flax's eager init)."""
+        return model.init(key, jnp.zeros((1, mconfig.max_len), jnp.int32))
+
+    def train_batch(key: jax.Array) -> Batch:
+        """``batch_size`` training sentences drawn uniformly with replacement, inside jit."""
+        index = jax.random.randint(key, (batch_size,), 0, train_tokens.shape[0])
+        return {"tokens": train_tokens[index]}
+
+    def mle_loss(params: Params, batch: Batch) -> jax.Array:
+        """Mean NLL per token of whole sentences (every token after the first, EOS included)."""
+        tokens = batch["tokens"]
+        logits = model.apply(params, tokens[:, :-1])
+        targets = tokens[:, 1:]
+        weights = (targets != PAD_ID).astype(jnp.float32)
+        nll = -jnp.sum(token_log_probs(logits, targets) * weights)
+        return nll / jnp.maximum(jnp.sum(weights), 1.0)
+
+    def costs_of(
+        reference: Params, prefix: jax.Array, continuation: jax.Array, lengths: jax.Array
+    ) -> jax.Array:
+        """Per-row task cost of continuations, shape ``(batch,)``."""
+        return continuation_costs(
+            task_loss_kind, model, reference, prefix, continuation, lengths, rep_n
+        )
+
+    def greedy(params: Params, prefix: jax.Array) -> Any:
+        """Greedy continuations of ``max_decode_len`` tokens, padded after EOS."""
+        return greedy_decode(
+            decoder, params, prefix, max_new_tokens=decode_len, eos_id=EOS_ID, pad_id=PAD_ID
+        )
+
+    def task_loss(params: Params, batch: Batch, reference: Params) -> jax.Array:
+        """The batch mean of the cost of each greedy continuation (see the module docstring)."""
+        prefix = batch["tokens"][:, :prefix_len]
+        output = greedy(params, prefix)
+        return jnp.mean(costs_of(reference, prefix, output.tokens, output.lengths))
+
+    def sample(
+        params: Params, batch: Batch, key: jax.Array, num_samples: int, reference: Params
+    ) -> Samples:
+        """``num_samples`` sampled continuations per prefix; log-probs by a teacher-forced pass."""
+        prefix = batch["tokens"][:, :prefix_len]
+        rows = prefix.shape[0]
+        repeated = jnp.repeat(prefix, num_samples, axis=0)
+        output = sample_decode(
+            decoder,
+            jax.lax.stop_gradient(params),
+            repeated,
+            key,
+            max_new_tokens=decode_len,
+            temperature=sample_temperature,
+            eos_id=EOS_ID,
+            pad_id=PAD_ID,
+        )
+        continuation = jax.lax.stop_gradient(output.tokens)
+        mask = continuation_mask(output.lengths, decode_len)
+        log_probs = continuation_log_probs(model, params, repeated, continuation)
+        sequence_log_probs = jnp.sum(log_probs * mask, axis=1).reshape(rows, num_samples)
+        costs = costs_of(reference, repeated, continuation, output.lengths)
+        costs = jax.lax.stop_gradient(costs).reshape(rows, num_samples).astype(jnp.float32)
+        if dedupe:
+            sample_mask = baselines.unique_sample_mask(
+                continuation.reshape(rows, num_samples, decode_len)
+            )
+        else:
+            sample_mask = jnp.ones((rows, num_samples), bool)
+        return Samples(log_probs=sequence_log_probs, costs=costs, mask=sample_mask)
+
+    @jax.jit
+    def eval_chunk_fn(
+        params: Params, reference: Params, tokens: jax.Array
+    ) -> tuple[dict[str, jax.Array], jax.Array]:
+        """Per-row statistics of one chunk of examples, and the greedy continuations."""
+        prefix = tokens[:, :prefix_len]
+        output = greedy(params, prefix)
+        generated = output.tokens
+        reference_cont = tokens[:, prefix_len:]
+        ref_lengths = continuation_lengths(reference_cont, reference_cont.shape[1])
+        # Perplexity of the human continuation (EOS included) under ``params``.
+        ref_log_probs = continuation_log_probs(model, params, prefix, reference_cont)
+        ref_mask = continuation_mask(ref_lengths, reference_cont.shape[1])
+        # MLE loss of whole sentences, as in ``mle_loss``.
+        logits = model.apply(params, tokens[:, :-1])
+        sentence_weights = (tokens[:, 1:] != PAD_ID).astype(jnp.float32)
+        sentence_nll = -jnp.sum(token_log_probs(logits, tokens[:, 1:]) * sentence_weights, axis=1)
+        return {
+            "seq_rep_4": metrics.sequence_repetition(generated, 4, eos_id=EOS_ID, pad_id=PAD_ID),
+            "non_term": metrics.non_termination(generated, eos_id=EOS_ID),
+            "gen_len": output.lengths.astype(jnp.float32),
+            "ref_len": ref_lengths.astype(jnp.float32),
+            "cost": costs_of(reference, prefix, generated, output.lengths),
+            "ref_nll": -jnp.sum(ref_log_probs * ref_mask, axis=1),
+            "ref_tokens": jnp.sum(ref_mask, axis=1),
+            "sentence_nll": sentence_nll,
+            "sentence_tokens": jnp.sum(sentence_weights, axis=1),
+            "seq_rep_4_ref": metrics.sequence_repetition(
+                reference_cont, 4, eos_id=EOS_ID, pad_id=PAD_ID
+            ),
+        }, generated
+
+    def evaluate(params: Params, reference: Params, split: str) -> dict[str, float]:
+        """Metrics of greedy continuations of every prefix of ``split``, in jitted chunks."""
+        if split not in data.splits:
+            raise ValueError(f"Unknown split {split!r}; choose one of {tuple(data.splits)}.")
+        tokens = data.splits[split]
+        chunk = min(eval_chunk, len(tokens))
+        totals: dict[str, float] = {}
+        for piece, valid in _rows_in_chunks(tokens, chunk):
+            stats, _ = jax.device_get(eval_chunk_fn(params, reference, jnp.asarray(piece)))
+            for name, values in stats.items():
+                totals[name] = totals.get(name, 0.0) + float(np.sum(values[:valid]))
+        count = float(len(tokens))
+        avg_len = totals["gen_len"] / count
+        avg_ref_len = totals["ref_len"] / count
+        return {
+            "task_loss": totals["cost"] / count,
+            "seq_rep_4": totals["seq_rep_4"] / count,
+            "non_term": totals["non_term"] / count,
+            "ppl": float(np.exp(totals["ref_nll"] / totals["ref_tokens"])),
+            "len_gap": abs(avg_len - avg_ref_len),
+            "avg_len": avg_len,
+            "avg_len_ref": avg_ref_len,
+            "seq_rep_4_ref": totals["seq_rep_4_ref"] / count,
+            "mle_loss": totals["sentence_nll"] / totals["sentence_tokens"],
+        }
+
+    def detokenize(ids: np.ndarray) -> str:
+        """Text of a continuation, marked as ended (``<eos>``) or cut off (``...``)."""
+        ids = [int(i) for i in ids]
+        ended = EOS_ID in ids
+        if ended:
+            ids = ids[: ids.index(EOS_ID)]
+        text = data.tokenizer.decode([i for i in ids if i != PAD_ID])
+        return text + (" <eos>" if ended else " ...")
+
+    def describe(params: Params, reference: Params, split: str, num_examples: int) -> str:
+        """Prefixes, greedy continuations and reference continuations, as plain text."""
+        tokens = data.splits[split][:num_examples]
+        if len(tokens) == 0:
+            return ""
+        # The evaluation's compiled chunk serves here too, on rows padded to its size.
+        chunk = min(eval_chunk, len(data.splits[split]))
+        continuations, lengths = [], []
+        for piece, valid in _rows_in_chunks(tokens, chunk):
+            stats, generated = jax.device_get(eval_chunk_fn(params, reference, jnp.asarray(piece)))
+            continuations.extend(generated[:valid])
+            lengths.extend(stats["gen_len"][:valid])
+        lines = []
+        for row, cont, length in zip(tokens, continuations, lengths, strict=True):
+            lines.append(f"prefix:    {data.tokenizer.decode([int(i) for i in row[:prefix_len]])}")
+            lines.append(f"greedy:    {detokenize(cont)}  [{int(length)} tokens]")
+            lines.append(f"reference: {detokenize(row[prefix_len:])}")
+            lines.append("")
+        return "\n".join(lines).rstrip()
+
+    return Task(
+        name="text_completion",
+        init_params=init_params,
+        train_batch=train_batch,
+        mle_loss=mle_loss,
+        task_loss=task_loss,
+        sample=sample,
+        evaluate=evaluate,
+        metrics=(
+            Metric("task_loss", True, "task loss"),
+            Metric("seq_rep_4", True, "seq-rep-4"),
+            Metric("non_term", True, "non-term"),
+            Metric("ppl", True, "ppl"),
+            Metric("len_gap", True, "|len - ref|"),
+        ),
+        primary_metric="task_loss",
+        describe=describe,
+    )

@@ -1,0 +1,377 @@
+"""Tests for mlesearch.tasks.text_completion: data, tokenizer, losses, sampling and evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from mlesearch.configs import text_completion as text_completion_config
+from mlesearch.decoding import DecodeOutput, sample_decode, transformer_decoder
+from mlesearch.tasks import text_completion as tc
+from mlesearch.tasks.base import Samples, Task
+
+BATCH = 4
+NUM_CANDIDATES = 4
+
+
+def tiny_config(cache_dir: str, task_loss: str = "lm") -> ml_collections.ConfigDict:
+    """A task config small enough to compile in seconds: short sentences, a one-layer model."""
+    return ml_collections.ConfigDict(
+        dict(
+            vocab_size=512,
+            min_words=4,
+            min_tokens=6,
+            max_tokens=14,
+            heldout_fraction=0.25,
+            num_train=0,
+            num_valid=8,
+            num_test=8,
+            cache_dir=cache_dir,
+            prefix_len=3,
+            max_decode_len=16,
+            num_layers=1,
+            num_heads=2,
+            embed_dim=16,
+            mlp_dim=32,
+            batch_size=BATCH,
+            task_loss=task_loss,
+            rep_n=4,
+            sample_temperature=1.0,
+            dedupe_samples=False,
+            eval_batch_size=8,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("tokenizers"))
+
+
+@pytest.fixture(scope="module")
+def config(cache_dir: str) -> ml_collections.ConfigDict:
+    config = tiny_config(cache_dir)
+    config.dedupe_samples = True
+    return config
+
+
+@pytest.fixture(scope="module")
+def data(config: ml_collections.ConfigDict) -> tc.TextCompletionData:
+    return tc.build_data(config)
+
+
+@pytest.fixture(scope="module")
+def task(config: ml_collections.ConfigDict) -> Task:
+    return tc.make_task(config)
+
+
+@pytest.fixture(scope="module")
+def params(task: Task) -> dict:
+    return task.init_params(jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def jit_task_loss(task: Task) -> Callable:
+    return jax.jit(task.task_loss)
+
+
+def constant_token_params(params: dict, token: int, strength: float = 10.0) -> dict:
+    """Parameters whose next-token distribution is the same everywhere, with ``token`` on top.
+
+    The final LayerNorm's scale is zeroed, so its output is its bias whatever the input, and the
+    tied output head then gives the same logits at every position: ``embedding @ bias / sqrt(d)``.
+    Only ``token`` has a nonzero first embedding coordinate, ``strength``, and the bias points
+    along it: ``token`` has logit ``strength / sqrt(d)`` and every other token 0.
+    """
+    inner = jax.tree.map(lambda x: x, params["params"])
+    embedding = inner["token_embed"]["embedding"]
+    dim = embedding.shape[1]
+    embedding = embedding.at[:, 0].set(0.0).at[token, 0].set(strength)
+    inner["token_embed"]["embedding"] = embedding
+    inner["final_norm"] = {
+        "scale": jnp.zeros((dim,)),
+        "bias": jnp.zeros((dim,)).at[0].set(1.0),
+    }
+    return {"params": inner}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and tokenizer.
+
+
+def test_clean_topics_keeps_prose_and_drops_code() -> None:
+    topics = {
+        "demo": (
+            "The \u201cdemo\u201d statement\n*******************\n\n"
+            "A demo statement prints its argument.  It never fails, e.g. on\nempty input.\n\n"
+            '   demo_stmt ::= "demo" expression\n\n'
+            ">>> demo(1)\n1\n\n"
+            "   x = f(y)\n   z = g(x)\n\n"
+            "1. The argument is *evaluated* first.\n"
+        )
+    }
+    assert tc.clean_topics(topics) == [
+        "A demo statement prints its argument.",
+        "It never fails, e.g. on empty input.",
+        "The argument is evaluated first.",
+    ]
+
+
+def test_split_is_deterministic_and_disjoint(data: tc.TextCompletionData) -> None:
+    sentences = tc.load_sentences()
+    assert len(sentences) == len(set(sentences)) > 1000
+    train, heldout = tc.split_sentences(sentences, 0.25)
+    shuffled = list(sentences)
+    random.Random(0).shuffle(shuffled)
+    assert tc.split_sentences(shuffled, 0.25) == (train, heldout)
+    assert not set(train) & set(heldout)
+    assert sorted(train + heldout) == sorted(sentences)
+    assert 0.15 < len(heldout) / len(sentences) < 0.35
+
+    split_sets = {name: set(data.sentences[name]) for name in tc.SPLITS}
+    assert not split_sets["train"] & split_sets["valid"]
+    assert not split_sets["train"] & split_sets["test"]
+    assert not split_sets["valid"] & split_sets["test"]
+    assert split_sets["train"] <= set(train)
+    assert split_sets["valid"] | split_sets["test"] <= set(heldout)
+    assert len(data.splits["valid"]) == len(data.splits["test"]) == 8
+
+
+def test_rows_are_tokens_then_eos_then_padding(
+    data: tc.TextCompletionData, config: ml_collections.ConfigDict
+) -> None:
+    for name in tc.SPLITS:
+        tokens = data.splits[name]
+        assert tokens.dtype == np.int32
+        assert tokens.shape == (len(data.sentences[name]), config.max_tokens + 1)
+        for row, sentence in zip(tokens, data.sentences[name], strict=True):
+            assert np.sum(row == tc.EOS_ID) == 1
+            length = int(np.argmax(row == tc.EOS_ID))
+            assert config.min_tokens <= length <= config.max_tokens
+            assert np.all(row[:length] > tc.EOS_ID)
+            assert np.all(row[length + 1 :] == tc.PAD_ID)
+            assert data.tokenizer.decode([int(i) for i in row[:length]]) == sentence
+
+
+def test_tokenizer_is_deterministic_and_cached(tmp_path, data: tc.TextCompletionData) -> None:
+    train, _ = tc.split_sentences(tc.load_sentences(), 0.25)
+    first = tc.train_tokenizer(train, 300)
+    second = tc.train_tokenizer(train, 300)
+    assert first.to_str() == second.to_str()
+    merges = json.loads(first.to_str())["model"]["merges"]
+    assert len(merges) > 100
+    assert first.get_vocab_size() == 300
+    assert first.token_to_id(tc.PAD_TOKEN) == tc.PAD_ID
+    assert first.token_to_id(tc.EOS_TOKEN) == tc.EOS_ID
+
+    cached = tc.load_or_train_tokenizer(train, 300, tmp_path)
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    assert cached.to_str() == first.to_str()
+    assert tc.load_or_train_tokenizer(train, 300, tmp_path).to_str() == first.to_str()
+    assert list(tmp_path.glob("*.json")) == files
+    # Other settings get another file.
+    tc.load_or_train_tokenizer(train[:-1], 300, tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_default_config_builds_data(tmp_path) -> None:
+    config = text_completion_config.get_config()
+    task_config = config.task_config
+    assert config.task == "text_completion"
+    task_config.cache_dir = str(tmp_path)
+    data = tc.build_data(task_config)
+    assert len(data.splits["train"]) > 500
+    assert len(data.splits["valid"]) == task_config.num_valid
+    assert len(data.splits["test"]) > 100
+    longest = task_config.max_tokens + 1 - task_config.prefix_len
+    assert task_config.max_decode_len >= 2 * longest
+
+
+def test_make_task_rejects_bad_lengths(cache_dir: str) -> None:
+    config = tiny_config(cache_dir)
+    config.max_decode_len = 4
+    with pytest.raises(ValueError, match="max_decode_len"):
+        tc.make_task(config)
+    config = tiny_config(cache_dir, task_loss="bleu")
+    with pytest.raises(ValueError, match="task_loss"):
+        tc.make_task(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and sampling.
+
+
+def test_train_batch_shapes(
+    task: Task, data: tc.TextCompletionData, config: ml_collections.ConfigDict
+) -> None:
+    batch = jax.jit(task.train_batch)(jax.random.key(3))
+    assert set(batch) == {"tokens"}
+    assert batch["tokens"].shape == (BATCH, config.max_tokens + 1)
+    assert batch["tokens"].dtype == jnp.int32
+    rows = {tuple(row) for row in data.splits["train"].tolist()}
+    assert all(tuple(row) in rows for row in np.asarray(batch["tokens"]).tolist())
+
+
+def test_mle_loss_is_finite_and_learns(task: Task, params: dict) -> None:
+    batch = task.train_batch(jax.random.key(1))
+    value_and_grad = jax.jit(jax.value_and_grad(task.mle_loss))
+    loss, grads = value_and_grad(params, batch)
+    assert np.isfinite(loss) and loss > 0
+    updated = optax.apply_updates(params, jax.tree.map(lambda g: -0.5 * g, grads))
+    assert value_and_grad(updated, batch)[0] < loss
+
+
+def test_task_loss_jits_and_vmaps_over_candidates(
+    task: Task, params: dict, jit_task_loss: Callable
+) -> None:
+    batch = task.train_batch(jax.random.key(2))
+    candidates = [
+        jax.tree.map(lambda x, i=i: x * (1.0 + 0.5 * i), params) for i in range(NUM_CANDIDATES)
+    ]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *candidates)
+    batched = jax.jit(jax.vmap(task.task_loss, in_axes=(0, None, None)))(stacked, batch, params)
+    separate = np.array([jit_task_loss(p, batch, params) for p in candidates])
+    assert batched.shape == (NUM_CANDIDATES,)
+    assert np.all(np.isfinite(separate)) and np.all(separate > 0)
+    assert len(np.unique(separate)) > 1
+    np.testing.assert_allclose(batched, separate, rtol=1e-5, atol=1e-4)
+
+
+def test_sample_log_probs_match_decoding_and_have_gradients(
+    task: Task, params: dict, data: tc.TextCompletionData, config: ml_collections.ConfigDict
+) -> None:
+    batch = task.train_batch(jax.random.key(4))
+    key = jax.random.key(5, impl="rbg")
+    num_samples = 3
+
+    decoder = transformer_decoder(tc.model_config(config, data.vocab_size))
+    prefix = jnp.repeat(batch["tokens"][:, : config.prefix_len], num_samples, axis=0)
+
+    def total_log_prob(p: dict) -> tuple[jax.Array, tuple[Samples, DecodeOutput]]:
+        samples = task.sample(p, batch, key, num_samples, params)
+        # The decoding loop scores the same tokens with the key/value cache: same numbers.
+        output = sample_decode(
+            decoder,
+            jax.lax.stop_gradient(p),
+            prefix,
+            key,
+            max_new_tokens=config.max_decode_len,
+            eos_id=tc.EOS_ID,
+            pad_id=tc.PAD_ID,
+        )
+        return jnp.sum(samples.log_probs), (samples, output)
+
+    sample_and_grads = jax.jit(jax.grad(total_log_prob, has_aux=True))
+    log_prob_grads, (samples, output) = sample_and_grads(params)
+    assert isinstance(samples, Samples)
+    for field in samples:
+        assert field.shape == (BATCH, num_samples)
+    assert samples.costs.dtype == jnp.float32
+    # Random parameters never sample the same continuation twice here.
+    assert samples.mask.dtype == jnp.bool_ and bool(jnp.all(samples.mask))
+
+    expected = output.log_probs.sum(axis=1).reshape(BATCH, num_samples)
+    np.testing.assert_allclose(samples.log_probs, expected, rtol=1e-4, atol=1e-4)
+    # With the sampling model as reference, the "lm" cost is the sample's own NLL.
+    np.testing.assert_allclose(samples.costs, -expected, rtol=1e-4, atol=1e-4)
+
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(log_prob_grads)]
+    assert all(np.isfinite(norms)) and max(norms) > 0
+
+    # A model that always emits one token samples the same continuation every time: with
+    # dedupe_samples, only the first sample of each input counts.
+    degenerate = constant_token_params(params, 7, strength=400.0)
+    _, (repeated, _) = sample_and_grads(degenerate)
+    np.testing.assert_array_equal(repeated.mask, np.tile([True, False, False], (BATCH, 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+
+EVALUATE_KEYS = {
+    "task_loss",
+    "seq_rep_4",
+    "non_term",
+    "ppl",
+    "len_gap",
+    "avg_len",
+    "avg_len_ref",
+    "seq_rep_4_ref",
+    "mle_loss",
+}
+
+
+def test_evaluate_returns_documented_finite_metrics(task: Task, params: dict) -> None:
+    for split in ("valid", "test"):
+        results = task.evaluate(params, params, split)
+        assert set(results) == EVALUATE_KEYS
+        assert all(isinstance(v, float) and math.isfinite(v) for v in results.values())
+    assert {metric.name for metric in task.metrics} <= EVALUATE_KEYS
+    assert task.primary_metric in EVALUATE_KEYS
+    assert 0 <= results["seq_rep_4"] < 1 and 0 <= results["non_term"] <= 1
+    assert results["ppl"] > 1
+    with pytest.raises(ValueError, match="split"):
+        task.evaluate(params, params, "nope")
+    text = task.describe(params, params, "valid", 2)
+    assert text.count("prefix:") == 2 and text.count("reference:") == 2
+
+
+def test_constant_token_model_is_fully_degenerate(
+    task: Task,
+    params: dict,
+    config: ml_collections.ConfigDict,
+    jit_task_loss: Callable,
+) -> None:
+    token = 7
+    degenerate = constant_token_params(params, token)
+    length = config.max_decode_len
+    results = task.evaluate(degenerate, degenerate, "valid")
+    assert results["non_term"] == 1.0
+    assert results["avg_len"] == float(length)
+    # A constant row of L tokens has L - 3 four-grams, all equal.
+    seq_rep = 1.0 - 1.0 / (length - 3)
+    np.testing.assert_allclose(results["seq_rep_4"], seq_rep, rtol=1e-6)
+    # Every token has the same log-probability under the same model.
+    vocab_size = degenerate["params"]["token_embed"]["embedding"].shape[0]
+    logits = jnp.zeros(vocab_size).at[token].set(10.0 / math.sqrt(config.embed_dim))
+    nll = -float(jax.nn.log_softmax(logits)[token])
+    np.testing.assert_allclose(results["task_loss"], length * nll, rtol=1e-5)
+    batch = task.train_batch(jax.random.key(8))
+    np.testing.assert_allclose(jit_task_loss(degenerate, batch, degenerate), length * nll, 1e-5)
+
+
+def test_model_that_ends_at_once_never_repeats(task: Task, params: dict) -> None:
+    ending = constant_token_params(params, tc.EOS_ID)
+    results = task.evaluate(ending, params, "valid")
+    assert results["non_term"] == 0.0
+    assert results["seq_rep_4"] == 0.0
+    assert results["avg_len"] == 1.0
+
+
+def test_repetition_costs() -> None:
+    pad, eos = tc.PAD_ID, tc.EOS_ID
+    continuation = jnp.array(
+        [
+            [7] * 10,  # never ends, one 4-gram seven times: 6/7 + 1
+            [5, 6, 7, 8, 5, 6, 7, 8, eos, pad],  # ends; 2 of 5 four-grams repeat
+            [5, 6, eos, pad, pad, pad, pad, pad, pad, pad],  # ends, too short to repeat
+            [5, 6, 7, 8, 9, 10, 11, 12, 13, 14],  # never ends, no repeat
+        ],
+        jnp.int32,
+    )
+    lengths = tc.continuation_lengths(continuation, 10)
+    np.testing.assert_array_equal(lengths, [10, 9, 3, 10])
+    costs = tc.continuation_costs("repetition", None, None, None, continuation, lengths)
+    np.testing.assert_allclose(costs, [6 / 7 + 1, 1 / 5, 0.0, 1.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="task_loss"):
+        tc.continuation_costs("bleu", None, None, None, continuation, lengths)
