@@ -256,9 +256,10 @@ def mgs(
     :math:`w = \mathrm{softmax}(-l_i/\alpha - \log q(\Delta_i))` (``"importance"``) or
     :math:`\mathrm{softmax}(-l_i/\alpha)` (``"tilted"``).
 
-    With ``chunk_size=c``, candidates are evaluated c at a time and then drawn again from their keys
-    for the weighted sum, so at most about c perturbed copies of the parameters are live at once,
-    whatever n is.
+    Without ``chunk_size``, all n candidates are drawn once, evaluated with one vmap and kept for
+    the weighted sum (about 2n parameter-sized buffers at the peak). With ``chunk_size=c``,
+    candidates are evaluated c at a time and then drawn again from their keys for the weighted sum,
+    so at most about c perturbed copies of the parameters are live at once, whatever n is.
 
     With ``mesh``, the candidate axis is split over the devices of ``candidate_axis`` of the mesh
     (each device evaluates n / D candidates), while params stay as they are (usually replicated).
@@ -413,8 +414,7 @@ def mgs(
                 step_key, index, updates, scales, num_zero_mean, antithetic
             )
 
-        def evaluate(index: jax.Array) -> tuple[jax.Array, jax.Array]:
-            delta = draw(index)
+        def evaluate_delta(delta: Any) -> tuple[jax.Array, jax.Array]:
             candidate_params = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, delta)
             loss = jnp.asarray(loss_fn(candidate_params), jnp.float32)
             if weighting == "importance":
@@ -423,12 +423,23 @@ def mgs(
                 log_q = jnp.zeros((), jnp.float32)
             return loss, log_q
 
+        def evaluate(index: jax.Array) -> tuple[jax.Array, jax.Array]:
+            return evaluate_delta(draw(index))
+
         indices = jnp.arange(num_candidates, dtype=jnp.int32)
-        if candidate_sharding is None:
-            if chunk >= num_candidates:
-                candidate_losses, log_proposals = jax.vmap(evaluate)(indices)
-            else:
-                candidate_losses, log_proposals = jax.lax.map(evaluate, indices, batch_size=chunk)
+        # All candidates at once: draw them once, keep them for the weighted sum, and stay out of
+        # loops (XLA runs loop bodies with less parallelism than top-level code).
+        all_at_once = chunk >= num_candidates
+        deltas = None
+        if all_at_once:
+            deltas = _constrain(
+                jax.vmap(draw)(_constrain(indices, candidate_sharding)), candidate_sharding
+            )
+            candidate_losses, log_proposals = _constrain(
+                jax.vmap(evaluate_delta)(deltas), candidate_sharding
+            )
+        elif candidate_sharding is None:
+            candidate_losses, log_proposals = jax.lax.map(evaluate, indices, batch_size=chunk)
         else:
             candidate_losses, log_proposals = _map_over_candidates(
                 evaluate, indices, chunk, candidate_sharding
@@ -449,14 +460,18 @@ def mgs(
             alpha = jnp.asarray(temperature, jnp.float32)
         weights = sampling.candidate_weights(candidate_losses, log_proposals, alpha, weighting)
 
-        zeros = jax.tree.map(lambda u: jnp.zeros(jnp.shape(u), jnp.float32), updates)
-        mean_delta = _sum_over_candidates(
-            lambda index, weight: jax.tree.map(lambda d: weight * d, draw(index)),
-            weights,
-            zeros,
-            chunk,
-            candidate_sharding,
-        )
+        if deltas is not None:
+            mean_delta = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
+        else:
+            # Chunked: draw the candidates again from their keys rather than storing them.
+            zeros = jax.tree.map(lambda u: jnp.zeros(jnp.shape(u), jnp.float32), updates)
+            mean_delta = _sum_over_candidates(
+                lambda index, weight: jax.tree.map(lambda d: weight * d, draw(index)),
+                weights,
+                zeros,
+                chunk,
+                candidate_sharding,
+            )
         new_updates = jax.tree.map(lambda d, u: d.astype(jnp.asarray(u).dtype), mean_delta, updates)
         info = MGSInfo(
             candidate_losses=candidate_losses,
