@@ -203,7 +203,8 @@ def _evosax_steps(params, grad_fn, task_loss, data, n, sigma, lr) -> dict[str, C
     return steps
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, out: str | None = None) -> dict[str, Any]:
+    """Times every cell; with ``out``, rewrites the JSON there after each cell."""
     cells = []
     workloads: list[tuple[str, Callable[[], Workload]]] = []
     for d in args.d:
@@ -231,12 +232,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "a/d_guided_es": timed["mgs"] / timed["guided_es"],
             }
             cells.append(cell)
+            if out:
+                _write(out, _results(args, cells))
             r = cell["ratios"]
             print(
                 f"{label:<16}{num_params:>10}{n:>4}{1e3 * timed['mgs']:>10.2f}{r['a/b']:>7.2f}"
                 f"{r['a/c']:>7.2f}{r['a/d_open_es']:>9.2f}{r['a/d_guided_es']:>11.2f}",
                 flush=True,
             )
+    return _results(args, cells)
+
+
+def _write(path: str, results: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+def _results(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(
         date=time.strftime("%Y-%m-%d"),
         machine=dict(
@@ -301,14 +314,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.n, args.d, args.lm, args.repeats = [2], [1e3], [], 1
-    results = run(args)
     out = args.out or os.path.join(
         os.path.dirname(__file__), "results", f"speed_{jax.default_backend()}.json"
     )
-    if not args.smoke or args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(results, f, indent=1)
+    if args.smoke and not args.out:
+        out = None
+    results = run(args, out)
+    if out:
+        _write(out, results)
         print(f"wrote {out}")
     if args.plot:
         plot(results, args.plot)
