@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from mlesearch.configs import text_completion as text_completion_config
@@ -80,8 +79,14 @@ def params(task: Task) -> dict:
 
 
 @pytest.fixture(scope="module")
-def jit_task_loss(task: Task) -> Callable:
-    return jax.jit(task.task_loss)
+def candidate_losses(task: Task) -> Callable:
+    """``task.task_loss`` of stacked parameter trees, jitted and vmapped."""
+    return jax.jit(jax.vmap(task.task_loss, in_axes=(0, None, None)))
+
+
+def stack(trees: list[dict]) -> dict:
+    """Stacks parameter trees along a new leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def constant_token_params(params: dict, token: int, strength: float = 10.0) -> dict:
@@ -222,25 +227,28 @@ def test_train_batch_shapes(
     assert all(tuple(row) in rows for row in np.asarray(batch["tokens"]).tolist())
 
 
-def test_mle_loss_is_finite_and_learns(task: Task, params: dict) -> None:
+def test_mle_loss_and_gradient_are_finite(task: Task, params: dict) -> None:
     batch = task.train_batch(jax.random.key(1))
     value_and_grad = jax.jit(jax.value_and_grad(task.mle_loss))
     loss, grads = value_and_grad(params, batch)
-    assert np.isfinite(loss) and loss > 0
-    updated = optax.apply_updates(params, jax.tree.map(lambda g: -0.5 * g, grads))
-    assert value_and_grad(updated, batch)[0] < loss
+    # Uniform predictions over the vocabulary would score log(vocab_size).
+    assert np.isfinite(loss) and 0.5 * np.log(512) < loss < 2 * np.log(512)
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
+    assert all(np.isfinite(norms)) and max(norms) > 0
 
 
 def test_task_loss_jits_and_vmaps_over_candidates(
-    task: Task, params: dict, jit_task_loss: Callable
+    task: Task, params: dict, candidate_losses: Callable
 ) -> None:
     batch = task.train_batch(jax.random.key(2))
     candidates = [
         jax.tree.map(lambda x, i=i: x * (1.0 + 0.5 * i), params) for i in range(NUM_CANDIDATES)
     ]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *candidates)
-    batched = jax.jit(jax.vmap(task.task_loss, in_axes=(0, None, None)))(stacked, batch, params)
-    separate = np.array([jit_task_loss(p, batch, params) for p in candidates])
+    batched = candidate_losses(stack(candidates), batch, params)
+    # Each candidate on its own, in every row, so that one compiled function serves.
+    separate = np.array(
+        [candidate_losses(stack([p] * NUM_CANDIDATES), batch, params)[0] for p in candidates]
+    )
     assert batched.shape == (NUM_CANDIDATES,)
     assert np.all(np.isfinite(separate)) and np.all(separate > 0)
     assert len(np.unique(separate)) > 1
@@ -330,7 +338,7 @@ def test_constant_token_model_is_fully_degenerate(
     task: Task,
     params: dict,
     config: ml_collections.ConfigDict,
-    jit_task_loss: Callable,
+    candidate_losses: Callable,
 ) -> None:
     token = 7
     degenerate = constant_token_params(params, token)
@@ -347,7 +355,8 @@ def test_constant_token_model_is_fully_degenerate(
     nll = -float(jax.nn.log_softmax(logits)[token])
     np.testing.assert_allclose(results["task_loss"], length * nll, rtol=1e-5)
     batch = task.train_batch(jax.random.key(8))
-    np.testing.assert_allclose(jit_task_loss(degenerate, batch, degenerate), length * nll, 1e-5)
+    losses = candidate_losses(stack([degenerate] * NUM_CANDIDATES), batch, degenerate)
+    np.testing.assert_allclose(losses, length * nll, rtol=1e-5)
 
 
 def test_model_that_ends_at_once_never_repeats(task: Task, params: dict) -> None:
