@@ -27,3 +27,13 @@ def test_readme_snippet_runs(index):
     exec(compile(PRELUDE + _python_blocks()[index], f"README.md[{index}]", "exec"), namespace)
     tx = namespace["tx"]
     assert hasattr(tx, "init") and hasattr(tx, "update")
+
+
+def test_ci_runs_the_readme_commands():
+    """`.ci/run` runs the two commands of the README's Install section, as written there."""
+    install = README.read_text().split("## Install", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)\n```", install, flags=re.DOTALL)
+    assert len(commands) == 2
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    for command in commands:
+        assert command.strip() in ci

@@ -70,7 +70,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.mgs.auto_temperature = True
     config.mgs.target_ess = 0.5
     config.mgs.mix = 0.5
-    config.mgs.chunk_size = 1  # one candidate at a time: faster than vmap on CPU.
 
     config.task_config = ml_collections.ConfigDict(
         dict(

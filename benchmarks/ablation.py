@@ -1,0 +1,121 @@
+"""Ablations of MGS's knobs (n, σ, α, λ, weighting) on one experiment, from one MLE checkpoint.
+
+Each setting is a set of config overrides applied to the experiment's config. The script runs
+``method=mgs`` (unless a setting overrides ``method``), and MLE once as the reference row, over
+the given seeds, all from the same pretrained model. It prints one row per setting: the mean ± std
+over seeds of the task's metrics on the test split, and the fine-tuning time, and writes the rows
+as JSON and markdown.
+
+    python benchmarks/ablation.py text_completion --seeds 3 --workdir /tmp/ablation
+    python benchmarks/ablation.py digits --seeds 3 --setting "n=8" mgs.num_candidates=8
+
+Without ``--setting``, the default grid below (one knob changed at a time from the config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mlesearch import cli, train
+
+# One knob at a time, from the experiment's own MGS settings.
+DEFAULT_GRID: dict[str, list[str]] = {
+    "config": [],
+    "n=2": ["mgs.num_candidates=2"],
+    "n=8": ["mgs.num_candidates=8"],
+    "sigma x1/3": ["mgs.sigma=*0.3333"],
+    "sigma x3": ["mgs.sigma=*3"],
+    "mix=0 (guided only)": ["mgs.mix=0.0"],
+    "mix=1 (random search)": ["mgs.mix=1.0"],
+    "importance weights": ["mgs.weighting=importance"],
+    "target ESS 0.25": ["mgs.target_ess=0.25"],
+    "fixed alpha=1": ["mgs.auto_temperature=False", "mgs.temperature=1.0"],
+    "learning rate x10": ["learning_rate=*10"],
+    "MLE, learning rate x10": ["method=mle", "learning_rate=*10"],
+    "learning rate x10, sigma x1/3": ["learning_rate=*10", "mgs.sigma=*0.3333"],
+}
+
+
+def _apply(config, overrides: list[str]) -> None:
+    for override in overrides:
+        field, text = override.split("=", 1)
+        if text.startswith("*"):  # relative to the config's value
+            current = config
+            *parents, leaf = field.split(".")
+            for name in parents:
+                current = current[name]
+            current[leaf] = float(current[leaf]) * float(text[1:])
+        else:
+            cli.apply_override(config, field, text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="experiment config name, e.g. text_completion")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workdir", default="mlesearch_runs/ablation")
+    parser.add_argument(
+        "--setting",
+        nargs="+",
+        action="append",
+        metavar=("NAME", "FIELD=VALUE"),
+        help="a setting: its name, then overrides such as mgs.sigma=10 (repeatable)",
+    )
+    parser.add_argument("--no-mle", action="store_true", help="skip the MLE reference row")
+    args = parser.parse_args()
+    grid = {s[0]: s[1:] for s in args.setting} if args.setting else DEFAULT_GRID
+
+    base = cli.load_config(args.config)
+    workdir = Path(args.workdir)
+    pretrained_dir = workdir / train.PRETRAINED_DIR
+    task = train.get_task(base)
+    names = [m.name for m in task.metrics]
+    rows = []
+    settings = ([("MLE (reference)", None)] if not args.no_mle else []) + list(grid.items())
+    for label, overrides in settings:
+        config = cli.load_config(args.config)
+        config.method = "mle" if overrides is None else "mgs"
+        _apply(config, overrides or [])
+        train.check_config(config)
+        directory = workdir / label.replace(" ", "_").replace("/", "_")
+        results = []
+        for seed in range(args.seeds):
+            config.seed = seed
+            result = train.run(
+                config, directory, pretrained_dir=pretrained_dir, task=task, progress=False
+            )
+            results.append(result)
+        cells = {}
+        for name in [*names, "seconds"]:
+            values = np.array(
+                [r["seconds"] if name == "seconds" else r["test"][name] for r in results]
+            )
+            cells[name] = (
+                float(values.mean()),
+                float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            )
+        rows.append(dict(setting=label, overrides=overrides, cells=cells))
+        shown = "  ".join(f"{n} {m:.4g}±{s:.2g}" for n, (m, s) in cells.items())
+        print(f"{label:<24} {shown}", flush=True)
+
+    header = "| setting | " + " | ".join([*names, "seconds"]) + " |"
+    lines = [header, "|---" * (len(names) + 2) + "|"]
+    for row in rows:
+        cells = " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in row["cells"].values())
+        lines.append(f"| {row['setting']} | {cells} |")
+    markdown = "\n".join(lines)
+    print(markdown)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "ablation.md").write_text(markdown + "\n")
+    (workdir / "ablation.json").write_text(
+        json.dumps(dict(config=args.config, rows=rows), indent=1)
+    )
+    print(f"wrote {workdir / 'ablation.md'} and {workdir / 'ablation.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Text completion: fine-tuning a language model against degenerate continuations
+#
+# The setting of Welleck & Cho (2020, arXiv 2006.03158), at notebook scale. A small transformer
+# is pretrained by maximum likelihood on English sentences from CPython's own help texts
+# (`pydoc_data.topics`). Given the first few tokens of a held-out sentence, its greedy
+# continuation often loops ("the the the ...") or never emits the end-of-sequence token. Those
+# failures are not differentiable functions of the parameters, so MLE cannot target them.
+#
+# The task loss here is the paper's "MGS-LM" cost: the negative log-likelihood of the model's own
+# greedy continuation under the frozen MLE model, summed up to and including EOS. A continuation
+# that repeats or runs to the length limit without ending pays for every token it produces.
+#
+# `MLESEARCH_SIZE=small` in the environment runs everything in under a minute (the test suite
+# does); the committed outputs come from a full-size run.
+
+# %%
+# On a fresh runtime (Colab), install the library first. MLESEARCH_SOURCE may name a git URL or
+# a local clone instead of the package name.
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("mlesearch") is None:
+    source = os.environ.get("MLESEARCH_SOURCE", "mlesearch[experiments]")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
+
+# %%
+import html
+import tempfile
+
+import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import HTML, display
+
+from mlesearch import train
+from mlesearch.configs import text_completion as text_completion_config
+from mlesearch.tasks import text_completion as tc
+
+SMALL = os.environ.get("MLESEARCH_SIZE", "full") == "small"
+
+# %% [markdown]
+# ## The task
+#
+# The config is the one `mlesearch` (the default comparison) uses; the small size shrinks the
+# corpus, the model and the number of steps.
+
+# %%
+config = text_completion_config.get_config()
+config.steps = 150
+if SMALL:
+    config.pretrain.steps = 20
+    config.pretrain.eval_every = 10
+    config.steps = 4
+    config.eval_every = 2
+    config.task_config.update(
+        num_train=256, num_valid=8, num_test=16, num_layers=1, embed_dim=32, mlp_dim=64
+    )
+config.checkpoint_every = config.steps
+task = train.get_task(config)
+data = tc.build_data(config.task_config)
+print({split: len(rows) for split, rows in data.splits.items()}, "sentences")
+print("vocabulary:", data.vocab_size, "BPE tokens")
+print(
+    "prefix:",
+    config.task_config.prefix_len,
+    "tokens; decode at most",
+    config.task_config.max_decode_len,
+)
+
+# %% [markdown]
+# ## MLE and MGS from the same pretrained model
+#
+# `train.run` pretrains once (early stopping on the validation loss), then fine-tunes each method
+# from that checkpoint. MLE keeps minimising the token loss; MGS chains `mls.mgs` after the same
+# Adam optimiser, so Adam's update is the guide that MGS's candidates are drawn around.
+
+# %%
+workdir = tempfile.mkdtemp()
+results = {}
+for method in ("mle", "mgs"):
+    run_config = config.copy_and_resolve_references()
+    run_config.method = method
+    results[method] = train.run(run_config, workdir, task=task, progress=False)
+pretrained, _ = train.pretrain(config, os.path.join(workdir, train.PRETRAINED_DIR), task=task)
+
+# %% [markdown]
+# ## Validation curves
+#
+# The task loss and the two degeneracy rates, every `eval_every` steps.
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+for method, result in results.items():
+    steps = [h["step"] for h in result["history"]]
+    for ax, name in zip(axes, ("task_loss", "seq_rep_4", "non_term"), strict=True):
+        ax.plot(steps, [h["valid"][name] for h in result["history"]], "o-", label=method)
+        ax.set(xlabel="step", title=f"valid {name}")
+axes[0].legend()
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## The metrics table (test split)
+#
+# seq-rep-4 is the share of repeated 4-grams in a continuation, non-term the share of
+# continuations that never end, ppl the perplexity of the human continuation.
+
+# %%
+columns = ("task_loss", "seq_rep_4", "non_term", "ppl", "avg_len", "avg_len_ref")
+rows = {"pretrained (MLE)": task.evaluate(pretrained, pretrained, "test")}
+rows.update({method: result["test"] for method, result in results.items()})
+print(f"{'':<18}" + "".join(f"{c:>12}" for c in columns) + f"{'seconds':>9}")
+for name, metrics in rows.items():
+    seconds = results[name]["seconds"] if name in results else float("nan")
+    print(f"{name:<18}" + "".join(f"{metrics[c]:>12.3f}" for c in columns) + f"{seconds:>9.1f}")
+
+
+# %% [markdown]
+# ## Greedy continuations, side by side
+#
+# Tokens inside a repeated 4-gram are in red; a continuation that reaches the length limit
+# without EOS ends in a red "(no EOS)".
+
+
+# %%
+def greedy_tokens(params, rows):
+    """Greedy continuations of the prefixes of ``rows``, as lists of token ids (EOS cut)."""
+    output = task_decode(params, rows[:, : config.task_config.prefix_len])
+    out = []
+    for ids in np.asarray(output.tokens):
+        ids = ids.tolist()
+        ended = tc.EOS_ID in ids
+        out.append((ids[: ids.index(tc.EOS_ID)] if ended else ids, ended))
+    return out
+
+
+def task_decode(params, prefix):
+    from mlesearch.decoding import greedy_decode, transformer_decoder
+
+    decoder = transformer_decoder(tc.model_config(config.task_config, data.vocab_size))
+    return greedy_decode(
+        decoder,
+        params,
+        prefix,
+        max_new_tokens=config.task_config.max_decode_len,
+        eos_id=tc.EOS_ID,
+        pad_id=tc.PAD_ID,
+    )
+
+
+def render(ids, ended, n=4):
+    """HTML of a continuation, with the tokens of repeated n-grams highlighted."""
+    seen, repeated = set(), set()
+    for i in range(len(ids) - n + 1):
+        gram = tuple(ids[i : i + n])
+        if gram in seen:
+            repeated.update(range(i, i + n))
+        seen.add(gram)
+    pieces = []
+    for i, token in enumerate(ids):
+        text = html.escape(data.tokenizer.id_to_token(token).replace("\u2581", " "))
+        pieces.append(f'<span style="color:#c00">{text}</span>' if i in repeated else text)
+    tail = "" if ended else ' <b style="color:#c00">(no EOS)</b>'
+    return "".join(pieces) + tail
+
+
+examples = data.splits["test"][: 4 if SMALL else 12]
+columns = {"MLE checkpoint": pretrained}
+columns.update({method.upper(): result["params"] for method, result in results.items()})
+decoded = {name: greedy_tokens(params, examples) for name, params in columns.items()}
+prefix_len = config.task_config.prefix_len
+table = ["<table><tr><th>prefix</th>" + "".join(f"<th>{n}</th>" for n in columns) + "</tr>"]
+for row_index, row in enumerate(examples):
+    prefix = html.escape(data.tokenizer.decode([int(t) for t in row[:prefix_len]]))
+    cells = "".join(f"<td>{render(*decoded[name][row_index])}</td>" for name in columns)
+    table.append(f"<tr><td><b>{prefix}</b></td>{cells}</tr>")
+table.append("</table>")
+display(HTML("".join(table)))
+
+# %% [markdown]
+# The comparison over three seeds, with PG and MRT, is the library's main job: run `mlesearch`
+# in a terminal (about a quarter of an hour on two CPU cores), or see the README for its table.
