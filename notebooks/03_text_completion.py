@@ -193,4 +193,4 @@ display(HTML("".join(table)))
 
 # %% [markdown]
 # The comparison over three seeds, with PG and MRT, is the library's main job: run `mlesearch`
-# in a terminal (about a quarter of an hour on two CPU cores), or see the README for its table.
+# in a terminal (about five minutes on two CPU cores), or see the README for its table.

@@ -7,8 +7,8 @@ so that its greedy continuations of sentence prefixes repeat less and end (seq-r
 non-termination), scored by the task loss of `mlesearch.tasks.text_completion`.
 
 Sized for two CPU cores: pretraining stops after a few hundred steps (under a minute), a fine-tuning
-run of MGS takes 20 to 45 seconds and one of PG or MRT about a minute, and the default comparison
-(``mlesearch``: mle, mgs, pg and mrt over 3 seeds) took 11 minutes on two shared cores.
+run of MGS takes about 12 seconds and one of PG or MRT about 30, and the default comparison
+(``mlesearch``: mle, mgs, pg and mrt over 3 seeds) took 252 seconds on a 2-core machine.
 """
 
 import ml_collections
