@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import memory  # noqa: E402
 
 
 def measure(dim: int, num_candidates: int, repeats: int) -> dict[str, Any]:
@@ -62,24 +64,7 @@ def measure_in_subprocess(
         env["JAX_PLATFORMS"] = "cpu"
     else:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(num_devices))
-    code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import devices; "
-        "print(json.dumps(devices.measure(*json.loads(sys.argv[2]))))"
-    )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            os.path.dirname(os.path.abspath(__file__)),
-            json.dumps([dim, num_candidates, repeats]),
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return memory.run_in_subprocess("devices", "measure", [dim, num_candidates, repeats], env=env)
 
 
 def main() -> None:

@@ -257,7 +257,8 @@ def mgs(
     :math:`\mathrm{softmax}(-l_i/\alpha)` (``"tilted"``).
 
     Without ``chunk_size``, all n candidates are drawn once, evaluated with one vmap and kept for
-    the weighted sum (about 2n parameter-sized buffers at the peak). With ``chunk_size=c``,
+    the weighted sum, so temporary memory grows with n (about 5 parameter-sized buffers per
+    candidate in ``benchmarks/memory.py``). With ``chunk_size=c``,
     candidates are evaluated c at a time and then drawn again from their keys for the weighted sum,
     so at most about c perturbed copies of the parameters are live at once, whatever n is.
 
