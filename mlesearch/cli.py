@@ -383,7 +383,8 @@ def format_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
             cells.append(text)
         body.append(cells)
     if markdown:
-        lines = ["| " + " | ".join(header) + " |"]
+        # A "|" inside a cell (as in the label "|len - ref|") would end the cell.
+        lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |"]
         lines.append("|" + "|".join([":---"] + ["---:"] * len(columns)) + "|")
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)

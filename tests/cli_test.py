@@ -1,6 +1,7 @@
 """The ``mlesearch`` command: configs, overrides, errors, and the comparison's table and files."""
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -135,6 +136,16 @@ def test_table_marks_the_best_mean_of_each_metric():
     assert "0.1500 ± 0.0707 *" in text and "0.8000 ± 0.1414 *" in text
     markdown = cli.format_table(summary, markdown=True)
     assert "**0.1500 ± 0.0707**" in markdown and markdown.startswith("| method |")
+
+
+def test_markdown_table_escapes_pipes_in_labels():
+    metrics = (Metric("len_gap", True, "|len - ref|"),)
+    runs = [{"method": "mle", "test": {"len_gap": 1.0}, "seconds": 1.0, "task_loss_evaluations": 0}]
+    markdown = cli.format_table(cli.summarize(runs, ["mle"], metrics), markdown=True)
+    header, rule, row = markdown.splitlines()
+    # Unescaped pipes delimit cells: every line has the same number of cells.
+    count = lambda line: len(re.findall(r"(?<!\\)\|", line))
+    assert count(header) == count(rule) == count(row) == 5
 
 
 def test_compare_writes_the_table_and_plots(tmp_path, capsys):
