@@ -73,7 +73,9 @@ class Task:
       sample: ``sample(params, batch, key, num_samples, reference) -> Samples``, sampled outputs
         with their log-probabilities and costs, for ``pg`` and ``mrt``.
       evaluate: ``evaluate(params, reference, split) -> {metric: float}`` on ``"valid"`` or
-        ``"test"``. It includes ``"task_loss"``.
+        ``"test"``. It includes ``"task_loss"``, and should include the MLE loss under
+        ``"nll"`` or ``"mle_loss"``: `mlesearch.train.pretrain` stops early on it, and trains for
+        all its steps when neither key is there.
       metrics: the table's columns, in order.
       primary_metric: the metric to plot against step and wall-clock time.
       describe: optional ``describe(params, reference, split, num_examples) -> str`` showing a few
