@@ -10,6 +10,7 @@ as JSON and markdown.
     python benchmarks/ablation.py digits --seeds 3 --setting "n=8" mgs.num_candidates=8
 
 Without ``--setting``, the default grid below (one knob changed at a time from the config).
+``--config.FIELD=VALUE`` overrides, as for the ``mlesearch`` command, apply to every setting.
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ def main() -> None:
         help="a setting: its name, then overrides such as mgs.sigma=10 (repeatable)",
     )
     parser.add_argument("--no-mle", action="store_true", help="skip the MLE reference row")
-    args = parser.parse_args()
+    args, config_overrides = parser.parse_known_args()  # --config.FIELD=VALUE, for every setting
     grid = {s[0]: s[1:] for s in args.setting} if args.setting else DEFAULT_GRID
 
-    base = cli.load_config(args.config)
+    base = cli.apply_overrides(cli.load_config(args.config), config_overrides)
     workdir = Path(args.workdir)
     pretrained_dir = workdir / train.PRETRAINED_DIR
     task = train.get_task(base)
@@ -77,7 +78,7 @@ def main() -> None:
     rows = []
     settings = ([("MLE (reference)", None)] if not args.no_mle else []) + list(grid.items())
     for label, overrides in settings:
-        config = cli.load_config(args.config)
+        config = cli.apply_overrides(cli.load_config(args.config), config_overrides)
         config.method = "mle" if overrides is None else "mgs"
         _apply(config, overrides or [])
         train.check_config(config)

@@ -20,3 +20,38 @@ def test_benchmark_smoke_run(script):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) >= 3, result.stdout
+
+
+def test_mgs_diagnostics_smoke_run(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "mgs_diagnostics.py"),
+            "digits",
+            "--steps",
+            "3",
+            "--config.pretrain.steps=5",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "steps where all candidate losses tie" in result.stdout
+    assert "guided" in result.stdout
+
+
+def test_ablation_smoke_run(tmp_path):
+    short = ["--config.pretrain.steps=5", "--config.steps=2", "--config.eval_every=2"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "ablation.py"), "digits", "--seeds", "1"]
+        + ["--workdir", str(tmp_path), "--setting", "n=2", "mgs.num_candidates=2", *short],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "ablation.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| MLE (reference)", "| n=2"]
