@@ -431,7 +431,6 @@ def mgs(
         # All candidates at once: draw them once, keep them for the weighted sum, and stay out of
         # loops (XLA runs loop bodies with less parallelism than top-level code).
         all_at_once = chunk >= num_candidates
-        deltas = None
         if all_at_once:
             deltas = _constrain(
                 jax.vmap(draw)(_constrain(indices, candidate_sharding)), candidate_sharding
@@ -461,7 +460,7 @@ def mgs(
             alpha = jnp.asarray(temperature, jnp.float32)
         weights = sampling.candidate_weights(candidate_losses, log_proposals, alpha, weighting)
 
-        if deltas is not None:
+        if all_at_once:
             mean_delta = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
         else:
             # Chunked: draw the candidates again from their keys rather than storing them.

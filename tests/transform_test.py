@@ -176,6 +176,32 @@ def test_chunked_evaluation_gives_the_same_update():
         chex.assert_trees_all_close(state.info, results[0][1].info, atol=1e-6)
 
 
+def test_unchunked_step_draws_the_candidates_once(monkeypatch):
+    # Without chunk_size the candidates are drawn once and kept for the weighted sum; with a chunk
+    # size they are drawn again from their keys (a second pass), which bounds memory.
+    params, x, y, mle_loss, error_rate = _mlp_problem()
+    guide = jax.grad(mle_loss)(params, x, y)
+    draws = []
+    original = mls.sampling.sample_candidate
+
+    def counted(*args, **kwargs):
+        draws.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mls.sampling, "sample_candidate", counted)
+
+    def traced_draws(chunk_size):
+        draws.clear()
+        tx = mls.mgs(num_candidates=8, sigma=0.3, chunk_size=chunk_size)
+        step = lambda u, s, p: tx.update(u, s, p, task_loss_fn=error_rate, x=x, y=y)
+        jax.jit(step).lower(guide, tx.init(params), params)
+        return len(draws)
+
+    assert traced_draws(None) == 1
+    assert traced_draws(8) == 1  # a chunk as large as n is the same single pass
+    assert traced_draws(2) >= 2
+
+
 def test_info_is_consistent():
     tx = mls.mgs(num_candidates=8, mix=0.25, sigma=0.5, key=0)
     _, state = _step(tx, jnp.array([0.3, 0.1]), THETA, quadratic)
