@@ -48,6 +48,7 @@ from IPython.display import HTML, display
 
 from mlesearch import train
 from mlesearch.configs import text_completion as text_completion_config
+from mlesearch.decoding import greedy_decode, transformer_decoder
 from mlesearch.tasks import text_completion as tc
 
 SMALL = os.environ.get("MLESEARCH_SIZE", "full") == "small"
@@ -137,29 +138,25 @@ for name, metrics in rows.items():
 
 
 # %%
+decoder = transformer_decoder(tc.model_config(config.task_config, data.vocab_size))
+
+
 def greedy_tokens(params, rows):
     """Greedy continuations of the prefixes of ``rows``, as lists of token ids (EOS cut)."""
-    output = task_decode(params, rows[:, : config.task_config.prefix_len])
+    output = greedy_decode(
+        decoder,
+        params,
+        rows[:, : config.task_config.prefix_len],
+        max_new_tokens=config.task_config.max_decode_len,
+        eos_id=tc.EOS_ID,
+        pad_id=tc.PAD_ID,
+    )
     out = []
     for ids in np.asarray(output.tokens):
         ids = ids.tolist()
         ended = tc.EOS_ID in ids
         out.append((ids[: ids.index(tc.EOS_ID)] if ended else ids, ended))
     return out
-
-
-def task_decode(params, prefix):
-    from mlesearch.decoding import greedy_decode, transformer_decoder
-
-    decoder = transformer_decoder(tc.model_config(config.task_config, data.vocab_size))
-    return greedy_decode(
-        decoder,
-        params,
-        prefix,
-        max_new_tokens=config.task_config.max_decode_len,
-        eos_id=tc.EOS_ID,
-        pad_id=tc.PAD_ID,
-    )
 
 
 def render(ids, ended, n=4):
