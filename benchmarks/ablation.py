@@ -3,8 +3,9 @@
 Each setting is a set of config overrides applied to the experiment's config. The script runs
 ``method=mgs`` (unless a setting overrides ``method``), and MLE once as the reference row, over
 the given seeds, all from the same pretrained model. It prints one row per setting: the mean ± std
-over seeds of the task's metrics on the test split, and the fine-tuning time, and writes the rows
-as JSON and markdown.
+over seeds of the task's metrics on the test split, the fine-tuning time and, against the MLE
+row, the mean per-seed difference of the primary metric with its 95% t interval and the seeds on
+which the setting was better; it writes the rows as JSON and markdown.
 
     python benchmarks/ablation.py text_completion --seeds 3 --workdir /tmp/ablation
     python benchmarks/ablation.py digits --seeds 3 --setting "n=8" mgs.num_candidates=8
@@ -49,7 +50,8 @@ def _apply(config, overrides: list[str]) -> None:
             *parents, leaf = field.split(".")
             for name in parents:
                 current = current[name]
-            current[leaf] = float(current[leaf]) * float(text[1:])
+            value = float(current[leaf]) * float(text[1:])
+            current[leaf] = round(value) if isinstance(current[leaf], int) else value
         else:
             cli.apply_override(config, field, text)
 
@@ -76,6 +78,7 @@ def main() -> None:
     task = train.get_task(base)
     names = [m.name for m in task.metrics]
     rows = []
+    all_runs = []
     settings = ([("MLE (reference)", None)] if not args.no_mle else []) + list(grid.items())
     for label, overrides in settings:
         config = cli.apply_overrides(cli.load_config(args.config), config_overrides)
@@ -90,6 +93,7 @@ def main() -> None:
                 config, directory, pretrained_dir=pretrained_dir, task=task, progress=False
             )
             results.append(result)
+            all_runs.append({"method": label, "seed": seed, "test": result["test"]})
         cells = {}
         for name in [*names, "seconds"]:
             values = np.array(
@@ -103,10 +107,23 @@ def main() -> None:
         shown = "  ".join(f"{n} {m:.4g}±{s:.2g}" for n, (m, s) in cells.items())
         print(f"{label:<24} {shown}", flush=True)
 
-    header = "| setting | " + " | ".join([*names, "seconds"]) + " |"
-    lines = [header, "|---" * (len(names) + 2) + "|"]
+    primary = next(m for m in task.metrics if m.name == task.primary_metric)
+    reference = settings[0][0] if not args.no_mle else None
+    paired = (
+        cli.paired_differences(all_runs, [r["setting"] for r in rows], [primary], reference)
+        if reference is not None
+        else None
+    )
+    extra = [f"Δ {primary.name} vs MLE [95% CI]", "better on"] if paired else []
+    header = "| setting | " + " | ".join([*names, "seconds", *extra]) + " |"
+    lines = [header, "|---" * (len(names) + 2 + len(extra)) + "|"]
     for row in rows:
         cells = " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in row["cells"].values())
+        if paired:
+            stats = paired["rows"].get(row["setting"], {}).get(primary.name)
+            difference, wins = cli.format_difference(stats)
+            cells += f" | {difference} | {wins}"
+            row["paired"] = stats
         lines.append(f"| {row['setting']} | {cells} |")
     markdown = "\n".join(lines)
     print(markdown)

@@ -6,6 +6,11 @@ more transformation in your optax chain::
     tx = optax.chain(optax.adam(1e-3), mlesearch.mgs(num_candidates=8, sigma=0.1))
     updates, state = tx.update(grads, state, params, task_loss_fn=metric_loss)
 
+or in the placement of the paper's released code, where the weighted direction goes to the
+optimiser as a pseudo-gradient::
+
+    tx = mlesearch.with_mgs(optax.adam(1e-3), probe_scale=0.1, num_candidates=8)
+
 References:
   Welleck & Cho, MLE-guided parameter search for task loss minimization in neural sequence
   modeling, AAAI 2021, https://arxiv.org/abs/2006.03158.
@@ -13,6 +18,7 @@ References:
 
 from mlesearch import baselines, decoding, metrics, models
 from mlesearch.host import host_task_loss
+from mlesearch.recipes import mgs_adamw, with_mgs
 from mlesearch.sampling import (
     auto_temperature,
     candidate_weights,
@@ -41,7 +47,9 @@ __all__ = [
     "effective_sample_size",
     "log_proposal_density",
     "mgs",
+    "mgs_adamw",
     "proposal_scales",
     "sample_candidate",
     "sample_candidates",
+    "with_mgs",
 ]

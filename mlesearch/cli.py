@@ -250,18 +250,82 @@ def apply_overrides(
     return config
 
 
-def parse_methods(text: str) -> list[str]:
-    """Reads a comma-separated list of methods, checking each against ``METHODS``."""
+def parse_methods(text: str, rows: Sequence[str] = ()) -> list[str]:
+    """Reads a comma-separated list of methods or row names.
+
+    Args:
+      text: e.g. ``"mle,mgs"``.
+      rows: the row names of the config (``config.rows``), accepted besides ``METHODS``.
+
+    Returns:
+      The names, in order.
+
+    Raises:
+      ConfigError: for an unknown or repeated name, or none.
+    """
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m not in rows]
     if unknown or not methods:
+        rows_text = f"; or a row of the config: {', '.join(rows)}" if rows else ""
         raise ConfigError(
             f"Unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
-            f"{', '.join(METHODS)}."
+            f"{', '.join(METHODS)}{rows_text}."
         )
     if len(set(methods)) != len(methods):
         raise ConfigError(f"A method is listed twice in {text!r}.")
     return methods
+
+
+def _merge_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str
+) -> None:
+    for field, value in overrides.items():
+        if field not in config:
+            raise ConfigError(
+                f"{where} sets config.{field}, which does not exist; the fields there are: "
+                f"{', '.join(sorted(config.keys()))}."
+            )
+        if isinstance(config[field], ml_collections.ConfigDict):
+            if not isinstance(value, Mapping | ml_collections.ConfigDict):
+                raise ConfigError(f"{where}: config.{field} is a group of fields, not a value.")
+            _merge_overrides(config[field], value, f"{where}.{field}")
+        else:
+            try:
+                config[field] = value
+            except TypeError as error:
+                raise ConfigError(f"{where}: cannot set config.{field}: {error}") from None
+
+
+def row_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The config of one row of a comparison: ``config`` with the row's overrides applied.
+
+    Args:
+      config: the experiment config.
+      name: a row of ``config.rows`` (its overrides are merged field by field), or a method
+        (``config.method`` is set to it).
+
+    Returns:
+      A new ConfigDict, with ``rows`` emptied (a run does not depend on the other rows).
+
+    Raises:
+      ConfigError: for an unknown name, or a row that sets an unknown field or no method.
+    """
+    result = ml_collections.ConfigDict(config.to_dict())
+    result.rows = ml_collections.ConfigDict()
+    rows = config.get("rows") or {}
+    if name in rows:
+        overrides = rows[name].to_dict()
+        if overrides.get("method") not in METHODS:
+            raise ConfigError(
+                f"config.rows.{name} must name a method, one of {', '.join(METHODS)}; got "
+                f"{overrides.get('method')!r}."
+            )
+        _merge_overrides(result, overrides, f"config.rows.{name}")
+    elif name in METHODS:
+        result.method = name
+    else:
+        raise ConfigError(f"{name!r} is neither a method nor a row of the config.")
+    return result
 
 
 def parse_seeds(text: str, first_seed: int) -> list[int]:
@@ -290,15 +354,20 @@ COST_COLUMNS = (
 
 
 def summarize(
-    runs: Sequence[Mapping[str, Any]], methods: Sequence[str], metrics: Sequence[Metric]
+    runs: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    metrics: Sequence[Metric],
+    key: str = "test",
 ) -> dict[str, Any]:
     """Aggregates final test metrics over seeds: one row per method.
 
     Args:
       runs: results of `mlesearch.train.run`, each with ``method``, ``test``, ``seconds`` and
         ``task_loss_evaluations``.
-      methods: the methods, in the order of the rows.
+      methods: the methods (or rows), in the order of the rows.
       metrics: the task's metrics, in the order of the columns.
+      key: which test metrics of each run: ``"test"`` (as reported), ``"test_selected"`` or
+        ``"test_last"``.
 
     Returns:
       ``{"columns": [{"name", "label", "lower_is_better"}], "rows": [{"method", "num_seeds",
@@ -318,7 +387,7 @@ def summarize(
             name = column["name"]
             values = np.array(
                 [
-                    r["test"][name] if column["lower_is_better"] is not None else r[name]
+                    r[key][name] if column["lower_is_better"] is not None else r[name]
                     for r in method_runs
                 ],
                 dtype=np.float64,
@@ -353,13 +422,28 @@ def _format_cell(cell: Mapping[str, Any], name: str, num_seeds: int) -> str:
     return text
 
 
-def format_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
+def format_difference(stats: Mapping[str, Any] | None) -> tuple[str, str]:
+    """The paired-difference cells of a row: ``"+0.0123 [+0.0050, +0.0196]"`` and ``"4/5"``."""
+    if stats is None:
+        return "(reference)", ""
+    interval = f" [{stats['low']:+.4f}, {stats['high']:+.4f}]" if stats["low"] is not None else ""
+    return f"{stats['mean']:+.4f}{interval}", f"{stats['wins']}/{stats['num_seeds']}"
+
+
+def format_table(
+    summary: Mapping[str, Any],
+    markdown: bool = False,
+    paired: Mapping[str, Any] | None = None,
+) -> str:
     """Renders `summarize`'s output as an aligned text table or as a markdown table.
 
     Args:
       summary: the output of `summarize`.
       markdown: a markdown table (best means in bold) instead of plain text (best means
         followed by ``*``).
+      paired: the output of `paired_differences`; adds two columns for its first metric: the
+        mean per-seed difference against the reference row with its confidence interval, and
+        the seeds on which the row was better.
 
     Returns:
       The table, without a trailing newline.
@@ -370,6 +454,12 @@ def format_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
         + ("" if c["lower_is_better"] is None else (" ↓" if c["lower_is_better"] else " ↑"))
         for c in columns
     ]
+    paired_metric = None
+    if paired is not None:
+        paired_metric = paired["metrics"][0]
+        label = next(c["label"] for c in columns if c["name"] == paired_metric)
+        confidence = round(100 * paired["confidence"])
+        header += [f"Δ {label} vs {paired['reference']} [{confidence}% CI]", "better on"]
     body = []
     for row in summary["rows"]:
         cells = [row["method"]]
@@ -381,11 +471,14 @@ def format_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
             elif column["lower_is_better"] is not None:
                 text += " *" if cell["best"] else "  "  # keeps the digits aligned
             cells.append(text)
+        if paired is not None:
+            stats = paired["rows"].get(row["method"], {}).get(paired_metric)
+            cells += format_difference(stats)
         body.append(cells)
     if markdown:
         # A "|" inside a cell (as in the label "|len - ref|") would end the cell.
         lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |"]
-        lines.append("|" + "|".join([":---"] + ["---:"] * len(columns)) + "|")
+        lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
@@ -398,6 +491,114 @@ def format_table(summary: Mapping[str, Any], markdown: bool = False) -> str:
         rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
         lines.append("  ".join([first, *rest]).rstrip())
     return "\n".join(lines)
+
+
+def reference_row(
+    runs: Sequence[Mapping[str, Any]], methods: Sequence[str], metric: Metric, key: str = "test"
+) -> str | None:
+    """The best MLE row: the row of plain MLE fine-tuning with the best mean of ``metric``.
+
+    Rows whose runs have ``base_method == "mle"`` and no post-hoc correction qualify. Choosing
+    on the test split favours the reference, which makes the paired differences against it
+    conservative.
+
+    Args:
+      runs: results of `mlesearch.train.run`.
+      methods: the rows.
+      metric: the metric that decides.
+      key: which test metrics of each run (see `summarize`).
+
+    Returns:
+      The row's name, or None when no row qualifies.
+    """
+    best, best_mean = None, None
+    for method in methods:
+        method_runs = [r for r in runs if r["method"] == method]
+        if not method_runs or any(
+            r.get("base_method", r["method"]) != "mle" or r.get("post_hoc") for r in method_runs
+        ):
+            continue
+        mean = float(np.mean([r[key][metric.name] for r in method_runs]))
+        better = best_mean is None or (
+            mean < best_mean if metric.lower_is_better else mean > best_mean
+        )
+        if better:
+            best, best_mean = method, mean
+    return best
+
+
+def paired_differences(
+    runs: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    metrics: Sequence[Metric],
+    reference: str,
+    key: str = "test",
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Per-seed differences of every row against a reference row, with confidence intervals.
+
+    For each row, metric and seed that both rows ran, ``d_s = row_s - reference_s``. Pairing by
+    seed removes what the two runs share (the pretrained model, the data order of the seed), so
+    the interval is of the difference itself: Student's t interval
+    ``mean ± t_{(1+confidence)/2, k-1} · sd / sqrt(k)`` over the ``k`` seeds.
+
+    Args:
+      runs: results of `mlesearch.train.run`.
+      methods: the rows.
+      metrics: the metrics, the first of which the table shows.
+      reference: the reference row (see `reference_row`).
+      key: which test metrics of each run (see `summarize`).
+      confidence: the level of the intervals, in (0, 1).
+
+    Returns:
+      ``{"reference", "key", "confidence", "metrics": [names], "rows": {row: {metric:
+      {"mean", "low", "high", "wins", "num_seeds", "differences"}}}}``; ``wins`` counts the
+      seeds where the row was better (larger for a higher-is-better metric); ``low`` and
+      ``high`` are None for fewer than two seeds. The reference row is left out of ``rows``.
+    """
+    from scipy import stats as scipy_stats
+
+    by_seed = {(r["method"], r["seed"]): r[key] for r in runs}
+    rows: dict[str, Any] = {}
+    for method in methods:
+        if method == reference:
+            continue
+        seeds = sorted(
+            seed for (name, seed) in by_seed if name == method and (reference, seed) in by_seed
+        )
+        if not seeds:
+            continue
+        rows[method] = {}
+        for metric in metrics:
+            differences = np.array(
+                [
+                    by_seed[(method, s)][metric.name] - by_seed[(reference, s)][metric.name]
+                    for s in seeds
+                ],
+                dtype=np.float64,
+            )
+            mean = float(differences.mean())
+            low = high = None
+            if len(differences) > 1:
+                spread = float(differences.std(ddof=1)) / math.sqrt(len(differences))
+                half = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(differences) - 1)) * spread
+                low, high = mean - half, mean + half
+            better = differences < 0 if metric.lower_is_better else differences > 0
+            rows[method][metric.name] = {
+                "mean": mean,
+                "low": low,
+                "high": high,
+                "wins": int(better.sum()),
+                "num_seeds": len(differences),
+                "differences": differences.tolist(),
+            }
+    return {
+        "reference": reference,
+        "key": key,
+        "confidence": confidence,
+        "metrics": [m.name for m in metrics],
+        "rows": rows,
+    }
 
 
 def plot_histories(
@@ -446,7 +647,12 @@ def plot_histories(
         axes.set_xlabel(axis_label)
         better = "lower" if metric.lower_is_better else "higher"
         axes.set_ylabel(f"validation {label} ({better} is better)")
-        axes.set_title(title)
+        shaded = (
+            " (lines: mean over seeds; bands: min to max)"
+            if len({r["seed"] for r in runs}) > 1
+            else ""
+        )
+        axes.set_title(f"{title}{shaded}", fontsize="medium")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
         path = directory / f"valid_{metric.name}_vs_{axis_name}.png"
@@ -455,9 +661,35 @@ def plot_histories(
     return paths
 
 
+def _row_names(config: ml_collections.ConfigDict) -> list[str]:
+    return list((config.get("rows") or {}).keys())
+
+
+def resolve_methods(
+    config: ml_collections.ConfigDict, methods: Sequence[str] | None = None
+) -> list[str]:
+    """The rows of a comparison: ``methods`` checked, or the config's default rows.
+
+    Args:
+      config: the experiment config.
+      methods: names from ``METHODS`` or ``config.rows``; None for ``config.compare_methods``,
+        or ``DEFAULT_METHODS`` when that is empty.
+
+    Returns:
+      The row names, in order.
+
+    Raises:
+      ConfigError: for an unknown or repeated name.
+    """
+    if methods is None:
+        methods = [m for m in str(config.get("compare_methods") or "").split(",") if m.strip()]
+        methods = methods or list(DEFAULT_METHODS)
+    return parse_methods(",".join(methods), _row_names(config))
+
+
 def compare(
     config: ml_collections.ConfigDict,
-    methods: Sequence[str],
+    methods: Sequence[str] | None,
     seeds: Sequence[int],
     workdir: str | Path,
     *,
@@ -465,31 +697,41 @@ def compare(
     progress: bool | None = None,
     echo: bool = True,
 ) -> dict[str, Any]:
-    """Runs every method over every seed from one pretrained model, and reports on the test split.
+    """Runs every row over every seed from one pretrained model, and reports on the test split.
+
+    A row is a method, or a named row of ``config.rows`` (a method with config overrides, such
+    as MLE at half the learning rate). Every run selects its checkpoint on the validation task
+    loss (``config.select_checkpoint``); the table reports those, and a second table the last
+    parameters. Both come with the per-seed paired differences of the primary metric against
+    the best plain-MLE row (see `paired_differences`).
 
     Writes, in ``workdir``: ``results.json`` (the config, every run's history and final metrics,
-    and the table), ``results.md`` (the table in markdown) and two plots of the task's primary
-    validation metric, against steps and against wall-clock seconds. Runs already finished in
-    ``workdir`` with the same config are read back, not repeated.
+    the tables and the paired differences), ``results.md`` (the tables in markdown) and two plots
+    of the task's primary validation metric, against steps and against wall-clock seconds. Runs
+    already finished in ``workdir`` with the same config are read back, not repeated.
 
     Args:
       config: the experiment config; ``method`` and ``seed`` are replaced by each run's.
-      methods: names from ``METHODS``.
-      seeds: the seeds of the runs of each method.
+      methods: rows (names from ``METHODS`` or ``config.rows``); None: those of
+        ``config.compare_methods``, or ``DEFAULT_METHODS`` when it is empty.
+      seeds: the seeds of the runs of each row.
       workdir: the work directory (pretrained model, checkpoints, results).
       pretrained_dir: where the shared pretrained model lives; default ``<workdir>/pretrained``.
       progress: show progress bars: True, False, or None for only on a terminal.
       echo: print the progress of the comparison and the table.
 
     Returns:
-      ``{"summary": summarize(...), "table": str, "markdown": str, "runs": [...], "files":
-      {"json", "markdown", "plots"}}``; the runs are those of `mlesearch.train.run`, without
-      their parameters.
+      ``{"summary", "summary_last", "paired", "paired_last", "table", "markdown", "runs",
+      "files": {"json", "markdown", "plots"}}``; the runs are those of `mlesearch.train.run`,
+      without their parameters.
 
     Raises:
-      ValueError: for an unknown method or task, or an invalid config.
+      ValueError: for an unknown method, row or task, or an invalid config.
     """
-    parse_methods(",".join(methods))
+    methods = resolve_methods(config, methods)
+    row_configs = {name: row_config(config, name) for name in methods}
+    for run_config in row_configs.values():
+        train.check_config(run_config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     task = train.get_task(config)
@@ -505,13 +747,17 @@ def compare(
             flush=True,
         )
     runs = []
-    for method in methods:
+    for name in methods:
         for seed in seeds:
-            run_config = ml_collections.ConfigDict(config.to_dict())
-            run_config.method = method
+            run_config = ml_collections.ConfigDict(row_configs[name].to_dict())
             run_config.seed = int(seed)
             result = train.run(
-                run_config, workdir, pretrained_dir=pretrained_dir, task=task, progress=progress
+                run_config,
+                workdir,
+                pretrained_dir=pretrained_dir,
+                task=task,
+                progress=progress,
+                name=name,
             )
             result.pop("params", None)
             runs.append(result)
@@ -520,24 +766,44 @@ def compare(
                     f"{m.label or m.name} {result['test'][m.name]:.4g}" for m in task.metrics
                 )
                 print(
-                    f"  {method:<14} seed {seed}: test {shown}; {result['seconds']:.2f} s, "
-                    f"{result['task_loss_evaluations']} task-loss evaluations.",
+                    f"  {name:<18} seed {seed}: test {shown} (step {result['selected_step']}); "
+                    f"{result['seconds']:.2f} s, {result['task_loss_evaluations']} task-loss "
+                    "evaluations.",
                     flush=True,
                 )
-    summary = summarize(runs, methods, task.metrics)
-    table = format_table(summary)
-    markdown = format_table(summary, markdown=True)
     primary = next(
         (m for m in task.metrics if m.name == task.primary_metric),
         Metric(task.primary_metric, lower_is_better=True),
     )
+    ordered_metrics = [primary, *(m for m in task.metrics if m is not primary)]
+    report: dict[str, Any] = {}
+    for suffix, key in (("", "test"), ("_last", "test_last")):
+        summary = summarize(runs, methods, task.metrics, key=key)
+        reference = reference_row(runs, methods, primary, key=key)
+        paired = (
+            None
+            if reference is None
+            else paired_differences(runs, methods, ordered_metrics, reference, key=key)
+        )
+        report[f"summary{suffix}"] = summary
+        report[f"paired{suffix}"] = paired
+        report[f"table{suffix}"] = format_table(summary, paired=paired)
+        report[f"markdown{suffix}"] = format_table(summary, markdown=True, paired=paired)
     title = f"{task.name}, {len(seeds)} seed{'s' * (len(seeds) > 1)}"
     plots = plot_histories(runs, methods, primary, workdir, title)
+    selection = (
+        "parameters of the evaluation with the best validation task loss"
+        if bool(config.select_checkpoint)
+        else "last parameters"
+    )
     legend = (
-        f"Test split, {task.name}: mean ± std over {len(seeds)} seed(s); "
-        "best mean per metric marked. seconds: fine-tuning wall-clock time (without "
+        f"Test split, {task.name}: mean ± std over {len(seeds)} seed(s), {selection}; best "
+        "mean per metric marked. Δ: mean over seeds of the per-seed difference from the "
+        "reference row (the MLE row with the best mean), with Student's t interval; better on: "
+        "seeds where the row beat the reference. seconds: fine-tuning wall-clock time (without "
         "evaluation and compilation); task-loss evals: batch-sized task-loss evaluations."
     )
+    legend_last = "The same runs, scored at their last parameters (no checkpoint selection)."
     json_path = workdir / "results.json"
     markdown_path = workdir / "results.md"
     json_path.write_text(
@@ -548,30 +814,25 @@ def compare(
                 "seeds": [int(s) for s in seeds],
                 "pretrain": {k: v for k, v in pretrain_record.items() if k != "fingerprint"},
                 "runs": runs,
-                "summary": summary,
-                "table": table,
-                "markdown": markdown,
+                **report,
             },
             indent=2,
             default=str,
         )
     )
-    markdown_path.write_text(f"{legend}\n\n{markdown}\n")
+    markdown_path.write_text(
+        f"{legend}\n\n{report['markdown']}\n\n{legend_last}\n\n{report['markdown_last']}\n"
+    )
     files = {
         "json": str(json_path),
         "markdown": str(markdown_path),
         "plots": [str(p) for p in plots],
     }
     if echo:
-        print(f"\n{legend}\n\n{table}\n")
+        print(f"\n{legend}\n\n{report['table']}\n")
+        print(f"{legend_last}\n\n{report['table_last']}\n")
         print(f"Wrote {json_path}, {markdown_path} and the plots {', '.join(map(str, plots))}.")
-    return {
-        "summary": summary,
-        "table": table,
-        "markdown": markdown,
-        "runs": runs,
-        "files": files,
-    }
+    return {**report, "runs": runs, "files": files}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,8 +880,9 @@ def _parser() -> argparse.ArgumentParser:
     add_common(compare_parser)
     compare_parser.add_argument(
         "--methods",
-        default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated, from {','.join(METHODS)} (default: %(default)s)",
+        default=None,
+        help=f"comma-separated, from {','.join(METHODS)} or the rows of the config (default: "
+        f"config.compare_methods, or {','.join(DEFAULT_METHODS)} if it is empty)",
     )
     compare_parser.add_argument(
         "--seeds",
@@ -684,7 +946,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = apply_overrides(load_config(args.config), rest)
         train.check_config(config)
-        methods = parse_methods(args.methods) if args.command == "compare" else None
+        methods = (
+            parse_methods(args.methods, _row_names(config))
+            if args.command == "compare" and args.methods is not None
+            else None
+        )
         seeds = parse_seeds(args.seeds, int(config.seed)) if args.command == "compare" else None
     except ConfigError as error:
         parser.error(str(error))

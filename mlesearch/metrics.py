@@ -3,8 +3,9 @@ r"""Metrics on integer token arrays and on class predictions, all jit-able and v
 What lives here: the sequence metrics that the experiments of [7] report or optimise, namely
 seq-rep-n [4], non-termination [5], Levenshtein edit distance [6], and sentence and corpus BLEU
 [1, 2, 3] (with BLEU's sufficient statistics, so that a corpus can be scored batch by batch),
-and the classification metrics accuracy and F1. Every function is pure ``jax.numpy``,
-with no host callback and no Python loop over data, so it runs under ``jax.jit`` and ``jax.vmap``.
+and the classification metrics accuracy, balanced accuracy and F1. Every function is pure
+``jax.numpy``, with no host callback and no Python loop over data, so it runs under ``jax.jit``
+and ``jax.vmap``.
 Integer hyperparameters (``n``, ``max_order``, ``num_classes``) and string options are static.
 What does not live here: task losses built from these metrics (``mlesearch/tasks/``) and
 decoding (``mlesearch/decoding.py``).
@@ -791,3 +792,55 @@ def f1(
         denominator > 0, 2.0 * true_positives / jnp.where(denominator > 0, denominator, 1.0), 0.0
     )
     return jnp.mean(scores).astype(jnp.float32)
+
+
+def balanced_accuracy(
+    preds: ArrayLike, labels: ArrayLike, num_classes: int, weights: ArrayLike | None = None
+) -> jax.Array:
+    r"""Returns the balanced accuracy: the mean over classes of each class's recall.
+
+    .. math::
+      \text{balanced accuracy} = \frac{1}{|C|} \sum_{c \in C} \frac{tp_c}{tp_c + fn_c},
+
+    where :math:`C` holds the classes in ``[0, num_classes)`` that occur in ``labels`` (with
+    positive weight). On a class-balanced test set it equals accuracy; on an imbalanced one it
+    weighs a rare class as much as a frequent one. This matches scikit-learn's
+    ``balanced_accuracy_score(labels, preds, sample_weight=weights)`` when every label id is in
+    range; with no scored label at all the result is 0.0.
+
+    Args:
+      preds: predicted class ids, any shape, e.g. ``(batch,)``.
+      labels: true class ids, the shape of ``preds``.
+      num_classes: the number of classes, a static int >= 1.
+      weights: optional non-negative weights or boolean mask, the shape of ``preds``.
+
+    Returns:
+      The balanced accuracy, shape ``()``, float32 in ``[0, 1]``.
+
+    Raises:
+      ValueError: if ``num_classes`` is not an int >= 1, or the shapes differ.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import mlesearch.metrics as metrics
+      >>> preds, labels = jnp.array([0, 0, 0, 1]), jnp.array([0, 0, 0, 1])
+      >>> print(metrics.balanced_accuracy(preds, labels, num_classes=2))
+      1.0
+      >>> print(metrics.balanced_accuracy(jnp.array([0, 0, 0, 0]), labels, num_classes=2))
+      0.5
+
+    References:
+      Brodersen et al., *The balanced accuracy and its posterior distribution*, ICPR 2010.
+    """
+    _check_positive_int(num_classes, "num_classes")
+    preds, labels, weights = _as_class_arrays(preds, labels, weights)
+    classes = jnp.arange(num_classes)
+    actual = (labels.reshape(-1, 1) == classes) * weights.reshape(-1, 1)
+    hits = actual * (preds.reshape(-1, 1) == classes)
+    actual_counts = actual.sum(axis=0)
+    present = actual_counts > 0
+    recalls = jnp.where(present, hits.sum(axis=0) / jnp.where(present, actual_counts, 1.0), 0.0)
+    num_present = jnp.sum(present)
+    return jnp.where(num_present > 0, jnp.sum(recalls) / jnp.maximum(num_present, 1), 0.0).astype(
+        jnp.float32
+    )

@@ -33,7 +33,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-WEIGHTINGS = ("importance", "tilted")
+WEIGHTINGS = ("importance", "tilted", "uniform")
 NOISE_SCALES = ("absolute", "relative")
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -260,10 +260,12 @@ def _log_weight_terms(
         # Shift by the smallest log q so that the -log q term is <= 0 and nothing overflows.
         min_log_q = jnp.min(jnp.where(valid, log_q, jnp.inf))
         excess_log_q = jnp.where(valid, log_q - min_log_q, 0.0)
-    elif weighting == "tilted":
+    elif weighting in ("tilted", "uniform"):
         excess_log_q = jnp.zeros_like(losses)
     else:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
+    if weighting == "uniform":
+        return jnp.zeros_like(losses), excess_log_q, valid
     # l(θ) is the same for every candidate and cancels in the softmax; shifting by the best finite
     # loss instead keeps -Δl/α <= 0 whatever the scale of the losses, even for ±1e30.
     best = jnp.min(jnp.where(valid, losses, jnp.inf))
@@ -302,15 +304,18 @@ def candidate_weights(
     ``"tilted"`` targets :math:`\tilde p \propto q \cdot \exp(-\Delta l/\alpha)`, where the proposal
     acts as a soft trust region; its weights are :math:`\mathrm{softmax}(-l_i/\alpha)`.
 
+    ``"uniform"`` gives every candidate with a finite loss the same weight, whatever its loss: the
+    control that separates selection by the task loss from the effect of the noise.
+
     Candidates whose loss (or, for ``"importance"``, log q) is not finite get weight 0. If no
     candidate is usable, every weight is 0, never NaN.
 
     Args:
       candidate_losses: :math:`l_i = l(\theta + \Delta_i)`, shape ``(n,)``.
       log_proposals: :math:`\log q(\Delta_i)`, shape ``(n,)``. Required for ``"importance"``,
-        ignored for ``"tilted"``.
-      temperature: α > 0, a scalar (may be traced).
-      weighting: ``"importance"`` or ``"tilted"``.
+        ignored for ``"tilted"`` and ``"uniform"``.
+      temperature: α > 0, a scalar (may be traced); ignored for ``"uniform"``.
+      weighting: ``"importance"``, ``"tilted"`` or ``"uniform"``.
 
     Returns:
       The weights w, float32, shape ``(n,)``, summing to 1 (or all 0).

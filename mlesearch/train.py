@@ -5,16 +5,32 @@ method and seed), `run` (fine-tuning one method for one seed from that checkpoin
 checkpointing and resuming), and `make_train_step` (the jitted step of each method in
 ``configs.common.METHODS``):
 
+- ``pretrained``: no fine-tuning; the MLE checkpoint itself, evaluated.
 - ``mle``: Adam on the MLE loss.
-- ``mgs``: ``optax.chain(optax.adam(lr), mlesearch.mgs(...))``, whose guide is Adam's update of
-  the MLE gradient and whose task loss is ``task.task_loss`` on the batch [1].
-- ``random_search``: the same with ``mix=1``: every candidate is zero-mean noise.
+- ``mgs``: ``mlesearch.with_mgs(optax.adam(lr), ...)``, the placement of the paper's released
+  code [1]: candidates probe around ``-probe_scale * clip(g)`` for the MLE gradient ``g``, are
+  weighted by ``task.task_loss`` on the batch, and the weighted direction goes to Adam as a
+  pseudo-gradient.
+- ``mgs_after``: ``optax.chain(optax.adam(lr), mlesearch.mgs(...))``: the candidates probe around
+  Adam's update, and the weighted one is applied as it is.
+- ``random_search``: ``mgs`` with ``mix=1``: every candidate is zero-mean noise (still scaled by
+  the guide when ``noise="relative"``).
 - ``pg``: Adam on the REINFORCE surrogate with a moving-average baseline [2], optionally mixed with
   the MLE loss.
 - ``mrt``: Adam on the minimum risk training objective [3], optionally mixed with the MLE loss.
 - ``guided_es`` / ``open_es``: the evosax adapters of `mlesearch.baselines` on the same task loss,
   their estimate of the task-loss gradient handed to Adam. Guided ES is guided, as MGS is, by
   Adam's update of the MLE gradient.
+
+Checkpoint selection: every evaluation on the validation split is a candidate checkpoint; the run
+keeps the parameters with the lowest validation task loss and, with ``config.select_checkpoint``,
+reports those on the test split (as the paper's released code does). The last parameters are
+tested too, so both are in the result.
+
+Frozen parameters: a task whose ``trainable`` says so fine-tunes only some leaves (for example a
+classifier's last layer). Every method's updates of the other leaves are set to zero, and the task
+loss sees them at their pretrained values, so that perturbation-based methods (MGS, the evolution
+strategies) search only the trainable leaves.
 
 What does not: tasks (`mlesearch.tasks`), configs (``configs/``), the command line, the results
 table and plots (`mlesearch.cli`).
@@ -67,6 +83,7 @@ import optax
 
 from mlesearch import baselines
 from mlesearch.configs.common import METHODS
+from mlesearch.recipes import with_mgs
 from mlesearch.tasks import TASKS, Task, make_task
 from mlesearch.transform import mgs
 
@@ -139,6 +156,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         weight = float(config[name].mle_weight)
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"config.{name}.mle_weight must be in [0, 1], got {weight}.")
+    if config.method in ("mgs", "mgs_after", "random_search"):
+        # Builds the transformation once, so that a bad setting fails here with the field named,
+        # not after pretraining.
+        try:
+            make_optimizer(config, check=False)
+        except ValueError as error:
+            raise ValueError(f"config.mgs: {error}") from None
 
 
 def _key_stream(seed: int, stream: int) -> jax.Array:
@@ -438,8 +462,10 @@ def evaluations_per_step(config: ml_collections.ConfigDict) -> int:
       The count, a Python int.
     """
     return {
+        "pretrained": 0,
         "mle": 0,
         "mgs": int(config.mgs.num_candidates),
+        "mgs_after": int(config.mgs.num_candidates),
         "random_search": int(config.mgs.num_candidates),
         "pg": int(config.pg.num_samples),
         "mrt": int(config.mrt.num_samples),
@@ -448,11 +474,9 @@ def evaluations_per_step(config: ml_collections.ConfigDict) -> int:
     }[config.method]
 
 
-def _mgs_transformation(
-    config: ml_collections.ConfigDict, key: jax.Array, mix: float
-) -> optax.GradientTransformationExtraArgs:
+def _mgs_kwargs(config: ml_collections.ConfigDict, key: jax.Array, mix: float) -> dict[str, Any]:
     cfg = config.mgs
-    return mgs(
+    return dict(
         num_candidates=int(cfg.num_candidates),
         sigma=float(cfg.sigma),
         temperature="auto" if cfg.auto_temperature else float(cfg.temperature),
@@ -466,29 +490,43 @@ def _mgs_transformation(
     )
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(
+    config: ml_collections.ConfigDict, *, check: bool = True
+) -> optax.GradientTransformationExtraArgs:
     """The optimiser of ``config.method``, fed the gradient of the method's differentiable loss.
 
     Args:
       config: the experiment config.
+      check: check the config first with `check_config`.
 
     Returns:
-      An optax transformation. For ``mgs``, ``random_search`` and ``guided_es`` its ``update``
-      needs ``params``, ``task_loss_fn``, and the ``batch`` and ``reference`` extra arguments.
-      The PRNG keys of MGS and the evolution strategies come from ``config.seed``.
+      An optax transformation. For ``mgs``, ``mgs_after``, ``random_search`` and the evolution
+      strategies its ``update`` needs ``params``, ``task_loss_fn``, and the ``batch`` and
+      ``reference`` extra arguments. The PRNG keys of MGS and the evolution strategies come from
+      ``config.seed``.
     """
-    check_config(config)
+    if check:
+        check_config(config)
     learning_rate = float(config.learning_rate)
     key = _key_stream(int(config.seed), _OPTIMIZER_STREAM)
     method = config.method
+    if method == "pretrained":
+        return optax.with_extra_args_support(optax.set_to_zero())
     if method in ("mle", "pg", "mrt"):
         return optax.with_extra_args_support(optax.adam(learning_rate))
-    if method == "mgs":
-        return optax.chain(
-            optax.adam(learning_rate), _mgs_transformation(config, key, float(config.mgs.mix))
+    if method in ("mgs", "random_search"):
+        mix = 1.0 if method == "random_search" else float(config.mgs.mix)
+        clip_norm = float(config.mgs.clip_norm)
+        return with_mgs(
+            optax.adam(learning_rate),
+            probe_scale=float(config.mgs.probe_scale),
+            clip_norm=clip_norm if clip_norm > 0 else None,
+            **_mgs_kwargs(config, key, mix),
         )
-    if method == "random_search":
-        return optax.chain(optax.adam(learning_rate), _mgs_transformation(config, key, 1.0))
+    if method == "mgs_after":
+        return optax.chain(
+            optax.adam(learning_rate), mgs(**_mgs_kwargs(config, key, float(config.mgs.mix)))
+        )
     es = config.es
     # The ES return -(estimated task-loss gradient), which Adam then takes as a gradient.
     adam_on_estimate = (optax.scale(-1.0), optax.adam(learning_rate))
@@ -515,6 +553,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     )
 
 
+_MGS_METHODS = ("mgs", "mgs_after", "random_search")
+
+
 def make_train_step(
     task: Task, config: ml_collections.ConfigDict
 ) -> tuple[Callable[[Any], TrainState], Callable[[TrainState, Any], tuple[TrainState, dict]]]:
@@ -539,8 +580,17 @@ def make_train_step(
     method = config.method
     tx = make_optimizer(config)
     draw = batch_sampler(task, int(config.batch_size))
+    if task.trainable is not None:
+        frozen = lambda params: jax.tree.map(lambda t: not t, task.trainable(params))
+        freeze = optax.masked(optax.set_to_zero(), frozen)
+        tx = optax.chain(freeze, tx, freeze)
 
     def task_loss_fn(params: Any, batch: Any, reference: Any) -> jax.Array:
+        if task.trainable is not None:
+            # Frozen leaves keep their pretrained values, whatever a candidate proposes for them.
+            params = jax.tree.map(
+                lambda keep, p, r: p if keep else r, task.trainable(params), params, reference
+            )
         return task.task_loss(params, batch, reference)
 
     def init(params: Any) -> TrainState:
@@ -605,10 +655,10 @@ def make_train_step(
             batch=batch,
             reference=reference,
         )
-        if method in ("mgs", "random_search"):
+        if method in _MGS_METHODS:
             for name in ("ess", "guide_weight", "temperature"):
                 diagnostics[name] = optax.tree.get(opt_state, name)
-        if method in ("mgs", "random_search", "guided_es", "open_es"):
+        if method in (*_MGS_METHODS, "guided_es", "open_es"):
             diagnostics["candidate_loss"] = jnp.mean(optax.tree.get(opt_state, "candidate_losses"))
         new_state = TrainState(
             step=state.step + 1,
@@ -677,9 +727,38 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
 # The run.
 
 
-def run_directory(workdir: str | Path, method: str, seed: int) -> Path:
-    """Where the checkpoints and result of one run live: ``<workdir>/<method>/seed_<seed>``."""
-    return Path(workdir) / method / f"seed_{seed}"
+def run_directory(workdir: str | Path, name: str, seed: int) -> Path:
+    """Where the checkpoints and result of one run live: ``<workdir>/<name>/seed_<seed>``.
+
+    ``name`` is the method, or the row of a comparison (``mle_half_lr``).
+    """
+    return Path(workdir) / name / f"seed_{seed}"
+
+
+def _post_hoc(
+    task: Task, config: ml_collections.ConfigDict
+) -> Callable[[Any, Any], tuple[Any, dict[str, Any]]] | None:
+    """The post-hoc correction that ``config.post_hoc`` names, checked against the task."""
+    name = str(config.post_hoc)
+    if not name:
+        return None
+    if name not in task.post_hoc:
+        known = ", ".join(sorted(task.post_hoc)) or "none"
+        raise ValueError(
+            f"config.post_hoc={name!r} is not a post-hoc correction of task {task.name!r} "
+            f"(it has: {known}). Use one of those, or '' for none."
+        )
+    return task.post_hoc[name]
+
+
+def _test(
+    task: Task, params: Any, reference: Any, post_hoc: Callable[..., Any] | None
+) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """Test metrics of ``params``, after the post-hoc correction if there is one."""
+    info = None
+    if post_hoc is not None:
+        params, info = post_hoc(params, reference)
+    return dict(task.evaluate(params, reference, "test")), info
 
 
 def run(
@@ -690,15 +769,19 @@ def run(
     task: Task | None = None,
     progress: bool | None = None,
     max_steps: int | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes ``config.method`` for ``config.steps`` steps from the pretrained model.
 
     Pretrains first (see `pretrain`) unless ``pretrained_dir`` already holds the checkpoint.
     Every ``config.eval_every`` steps (and at steps 0 and ``config.steps``) it records the
-    validation metrics; every ``config.checkpoint_every`` steps (and at the end) it saves a
-    checkpoint in ``run_directory(workdir, method, seed)``. If that directory holds checkpoints
-    of the same config, the run resumes from the latest, and ends as a run never stopped would.
-    At the end it evaluates on the test split and writes ``result.json`` beside the checkpoints.
+    validation metrics and keeps the parameters with the lowest validation ``task_loss`` so far
+    (checkpoint selection); every ``config.checkpoint_every`` steps (and at the end) it saves a
+    checkpoint, the kept parameters included, in ``run_directory(workdir, name, seed)``. If that
+    directory holds checkpoints of the same config, the run resumes from the latest, and ends as
+    a run never stopped would. At the end it evaluates the kept and the last parameters on the
+    test split (after ``config.post_hoc``, if set) and writes ``result.json`` beside the
+    checkpoints. Method ``pretrained`` takes no step: it evaluates the pretrained model.
 
     Args:
       config: the experiment config.
@@ -709,15 +792,20 @@ def run(
       progress: show progress bars: True, False, or None for only on a terminal.
       max_steps: stop once this many steps in total have been taken, without the final
         evaluation, as if the run had been interrupted; None runs to the end.
+      name: the run's name in ``workdir`` (a comparison's row); default ``config.method``.
 
     Returns:
-      A dict: ``method``, ``seed``, ``finished`` (False when stopped by ``max_steps``),
-      ``steps`` (taken), ``seconds`` (fine-tuning wall-clock time), ``task_loss_evaluations``
-      (batch-sized, see `evaluations_per_step`), ``history`` (per evaluation: ``step``,
-      ``seconds``, ``task_loss_evaluations``, ``valid`` metrics and ``train`` diagnostics of the
-      last step), ``test`` (metrics on the test split, None when not finished), ``pretrain``
-      (the record of `pretrain`) and ``directory``; and ``params``, the final parameters,
-      which ``result.json`` leaves out.
+      A dict: ``method`` (``name``), ``base_method`` (``config.method``), ``seed``,
+      ``finished`` (False when stopped by ``max_steps``), ``steps`` (taken), ``seconds``
+      (fine-tuning wall-clock time), ``task_loss_evaluations`` (batch-sized, see
+      `evaluations_per_step`), ``history`` (per evaluation: ``step``, ``seconds``,
+      ``task_loss_evaluations``, ``valid`` metrics and ``train`` diagnostics of the last step),
+      ``selected_step`` (the step of the kept parameters), ``test`` (test metrics of the kept
+      parameters with ``config.select_checkpoint``, else of the last; None when not finished),
+      ``test_selected`` and ``test_last`` (both), ``post_hoc`` (what the correction chose, per
+      ``"selected"`` and ``"last"``; None without one), ``pretrain`` (the record of `pretrain`)
+      and ``directory``; and ``params``, the parameters that ``test`` scored before any
+      post-hoc correction, which ``result.json`` leaves out.
 
     Raises:
       ValueError: for an invalid config, or a run directory holding checkpoints of another
@@ -727,23 +815,27 @@ def run(
 
     check_config(config)
     task = get_task(config) if task is None else task
+    post_hoc = _post_hoc(task, config)
     workdir = Path(workdir)
     pretrained_dir = workdir / PRETRAINED_DIR if pretrained_dir is None else Path(pretrained_dir)
     reference, pretrain_record = pretrain(config, pretrained_dir, task=task, progress=progress)
 
     method, seed = config.method, int(config.seed)
-    num_steps, eval_every = int(config.steps), int(config.eval_every)
+    name = method if name is None else str(name)
+    num_steps = 0 if method == "pretrained" else int(config.steps)
+    eval_every = int(config.eval_every)
     checkpoint_every = int(config.checkpoint_every)
     per_step = evaluations_per_step(config)
     init, _ = make_train_step(task, config)
     step_fn = _cached_train_step(task, _step_config_json(config))
     state = init(reference)
-    directory = run_directory(workdir, method, seed)
+    directory = run_directory(workdir, name, seed)
     config_json = json.loads(_config_json(config))
     store = _CheckpointStore(directory)
     try:
         history: list[dict[str, Any]] = []
         seconds = 0.0
+        best_params, best_step, best_loss = reference, 0, math.inf
         saved_step = store.latest_step()
         if saved_step is not None:
             if store.restore_meta(saved_step).get("config") != config_json:
@@ -751,11 +843,13 @@ def run(
                     f"{directory} holds checkpoints of a run with another config. Use another "
                     f"work directory, or delete {directory} to start this run afresh."
                 )
-            state, meta = store.restore(saved_step, state)
+            (state, best_params), meta = store.restore(saved_step, (state, best_params))
             history, seconds = list(meta["history"]), float(meta["seconds"])
-            logger.info("Resuming %s seed %d from step %d.", method, seed, saved_step)
+            best_step, best_loss = int(meta["best_step"]), float(meta["best_loss"])
+            logger.info("Resuming %s seed %d from step %d.", name, seed, saved_step)
 
         def record(done: int, diagnostics: Mapping[str, jax.Array]) -> None:
+            nonlocal best_params, best_step, best_loss
             valid = dict(task.evaluate(state.params, reference, "valid"))
             history.append(
                 {
@@ -766,6 +860,10 @@ def run(
                     "train": {k: float(v) for k, v in diagnostics.items()},
                 }
             )
+            loss = valid.get("task_loss", math.nan)
+            # Strictly lower: on ties the earlier (less fine-tuned) parameters stay.
+            if loss < best_loss:
+                best_params, best_step, best_loss = state.params, done, loss
 
         start = int(state.step)
         if start == 0 and not history:
@@ -776,7 +874,7 @@ def run(
         bar = tqdm(
             total=num_steps,
             initial=start,
-            desc=f"{method} seed {seed}",
+            desc=f"{name} seed {seed}",
             disable=_progress_disabled(progress),
             leave=False,
             file=sys.stderr,
@@ -798,27 +896,47 @@ def run(
                     bar.set_postfix({f"valid {task.primary_metric}": f"{primary:.4g}"})
             if save_now:
                 store.save(
-                    done, state, {"config": config_json, "history": history, "seconds": seconds}
+                    done,
+                    (state, best_params),
+                    {
+                        "config": config_json,
+                        "history": history,
+                        "seconds": seconds,
+                        "best_step": best_step,
+                        "best_loss": best_loss,
+                    },
                 )
             tic = time.perf_counter()
         bar.close()
         done = int(state.step)
         finished = done >= num_steps
+        select = bool(config.select_checkpoint)
+        test_selected = test_last = post_hoc_info = None
+        if finished:
+            test_selected, selected_info = _test(task, best_params, reference, post_hoc)
+            test_last, last_info = _test(task, state.params, reference, post_hoc)
+            if post_hoc is not None:
+                post_hoc_info = {"selected": selected_info, "last": last_info}
         result = {
-            "method": method,
+            "method": name,
+            "base_method": method,
             "seed": seed,
             "finished": finished,
             "steps": done,
             "seconds": seconds,
             "task_loss_evaluations": done * per_step,
             "history": history,
-            "test": dict(task.evaluate(state.params, reference, "test")) if finished else None,
+            "selected_step": best_step,
+            "test": test_selected if select else test_last,
+            "test_selected": test_selected,
+            "test_last": test_last,
+            "post_hoc": post_hoc_info,
             "pretrain": {k: v for k, v in pretrain_record.items() if k != "fingerprint"},
             "directory": str(directory),
         }
         if finished:
-            (directory / RESULT_FILE).write_text(json.dumps(result, indent=2))
-        result["params"] = state.params
+            (directory / RESULT_FILE).write_text(json.dumps(result, indent=2, default=float))
+        result["params"] = best_params if select else state.params
         return result
     finally:
         store.close()

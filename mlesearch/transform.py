@@ -275,8 +275,10 @@ def mgs(
         May be traced.
       mix: λ in [0, 1], the share of zero-mean candidates: round(λ n) of them (stratified). λ = 1 is
         pure random search, λ = 0 guided only. Static.
-      weighting: ``"importance"`` (targets p ∝ exp(-Δl/α)) or ``"tilted"`` (targets q·exp(-Δl/α);
-        robust in high dimension, where the importance weights collapse).
+      weighting: ``"importance"`` (targets p ∝ exp(-Δl/α)), ``"tilted"`` (targets q·exp(-Δl/α);
+        robust in high dimension, where the importance weights collapse) or ``"uniform"`` (equal
+        weights on the candidates with a finite loss: the control that shows what selection by
+        the task loss adds to the noise).
       noise: ``"absolute"`` (σ on every leaf) or ``"relative"`` (σ · mean|u| per leaf, as in [1]).
       antithetic: draw candidates in antithetic pairs (m + σε, m - σε). Each component needs an
         even count.
@@ -444,7 +446,7 @@ def mgs(
             candidate_losses, log_proposals = _map_over_candidates(
                 evaluate, indices, chunk, candidate_sharding
             )
-        if weighting == "tilted":
+        if weighting != "importance":
             log_proposals = None
 
         if auto:

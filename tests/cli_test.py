@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from mlesearch import cli
@@ -188,3 +189,112 @@ def test_run_command_fine_tunes_one_method(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mle seed 0 on digits: test 0/1 error" in out
     assert (tmp_path / "mle" / "seed_0" / "result.json").is_file()
+
+
+def test_rows_merge_their_overrides_into_the_config():
+    config = cli.load_config("digits_lt")
+    half = cli.row_config(config, "mle_half_lr")
+    assert half.method == "mle" and half.learning_rate == config.learning_rate / 2
+    uniform = cli.row_config(config, "mgs_uniform")
+    assert uniform.mgs.weighting == "uniform"
+    assert uniform.mgs.num_candidates == config.mgs.num_candidates  # the rest is kept
+    assert cli.row_config(config, "pg").method == "pg" and not cli.row_config(config, "pg").rows
+    assert cli.resolve_methods(config)[:3] == ["pretrained", "mle", "mle_half_lr"]
+    assert cli.resolve_methods(config, ["mgs_uniform", "mle"]) == ["mgs_uniform", "mle"]
+    assert cli.resolve_methods(cli.load_config("digits")) == ["mle", "mgs", "pg", "mrt"]
+
+    config.rows.broken = {"method": "mle", "learning_rat": 1.0}
+    with pytest.raises(cli.ConfigError, match="config.rows.broken sets config.learning_rat"):
+        cli.row_config(config, "broken")
+    config.rows.nameless = {"learning_rate": 1.0}
+    with pytest.raises(cli.ConfigError, match="config.rows.nameless must name a method"):
+        cli.row_config(config, "nameless")
+    with pytest.raises(cli.ConfigError, match="or a row of the config"):
+        cli.resolve_methods(config, ["mle_quarter_lr"])
+
+
+def _runs(values):
+    return [
+        {
+            "method": method,
+            "seed": seed,
+            "base_method": base,
+            "post_hoc": post_hoc,
+            "test": {"f1": f1, "error": 1 - f1},
+        }
+        for method, base, post_hoc, scores in values
+        for seed, f1 in enumerate(scores)
+    ]
+
+
+def test_paired_differences_match_a_paired_t_interval():
+    from scipy import stats
+
+    mle = [0.70, 0.72, 0.69, 0.71, 0.73]
+    mgs = [0.74, 0.73, 0.72, 0.75, 0.75]
+    runs = _runs([("mle", "mle", None, mle), ("mgs", "mgs", None, mgs)])
+    metrics = (Metric("f1", False, "F1"), Metric("error", True, "error"))
+    paired = cli.paired_differences(runs, ["mle", "mgs"], metrics, "mle")
+    f1 = paired["rows"]["mgs"]["f1"]
+    interval = stats.ttest_rel(mgs, mle).confidence_interval(0.95)
+    assert f1["mean"] == pytest.approx(np.mean(np.subtract(mgs, mle)))
+    assert (f1["low"], f1["high"]) == pytest.approx((interval.low, interval.high))
+    assert f1["wins"] == 5 and f1["num_seeds"] == 5
+    # For a lower-is-better metric a win is a negative difference.
+    assert paired["rows"]["mgs"]["error"]["wins"] == 5
+    assert "mle" not in paired["rows"]
+
+    one_seed = cli.paired_differences(runs[:1] + runs[5:6], ["mle", "mgs"], metrics, "mle")
+    assert one_seed["rows"]["mgs"]["f1"]["low"] is None
+
+
+def test_reference_row_is_the_best_plain_mle_row():
+    runs = _runs(
+        [
+            ("mle", "mle", None, [0.70, 0.71]),
+            ("mle_double_lr", "mle", None, [0.72, 0.73]),
+            ("mle_logit_adjusted", "mle", {"tau": 1.0}, [0.90, 0.91]),
+            ("mgs", "mgs", None, [0.95, 0.95]),
+        ]
+    )
+    methods = ["mle", "mle_double_lr", "mle_logit_adjusted", "mgs"]
+    assert cli.reference_row(runs, methods, Metric("f1", False)) == "mle_double_lr"
+    assert cli.reference_row(runs, methods, Metric("error", True)) == "mle_double_lr"
+    assert cli.reference_row(runs[-2:], ["mgs"], Metric("f1", False)) is None
+
+
+LT_OVERRIDES = [
+    "--config.task_config.hidden_size=8",
+    "--config.task_config.batch_size=64",
+    "--config.pretrain.batch_size=64",
+    "--config.pretrain.steps=60",
+    "--config.pretrain.eval_every=30",
+    "--config.steps=10",
+    "--config.eval_every=5",
+    "--config.checkpoint_every=10",
+    "--config.batch_size=64",
+    "--config.mgs.num_candidates=4",
+]
+
+
+def test_compare_reports_rows_and_paired_differences(tmp_path, capsys):
+    workdir = tmp_path / "lt"
+    rows = "pretrained,mle,mle_half_lr,mle_logit_adjusted,mgs_uniform"
+    argv = ["compare", "digits_lt", "--methods", rows, "--seeds", "2", "--workdir", str(workdir)]
+    assert cli.main([*argv, "--no-progress", *LT_OVERRIDES]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["methods"] == rows.split(",")
+    for run in results["runs"]:
+        for key in ("test", "test_selected", "test_last"):
+            assert set(run[key]) == {"macro_f1", "balanced_accuracy", "nll", "task_loss"}
+    by_row = {r["method"]: r for r in results["runs"]}
+    assert by_row["mle_half_lr"]["base_method"] == "mle"
+    assert by_row["mle_logit_adjusted"]["post_hoc"]["selected"]["tau"] >= 0
+    assert (workdir / "mle_half_lr" / "seed_1" / "result.json").is_file()
+    paired = results["paired"]
+    assert paired["reference"] in ("mle", "mle_half_lr") and paired["metrics"][0] == "macro_f1"
+    assert set(paired["rows"]) == set(rows.split(",")) - {paired["reference"]}
+    assert results["paired_last"]["key"] == "test_last"
+    assert f"Δ macro-F1 vs {paired['reference']} [95% CI]" in out
+    assert results["table_last"] in out and "no checkpoint selection" in out

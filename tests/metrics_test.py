@@ -7,6 +7,7 @@ their definitions. Each comparison runs hundreds of random cases through one jit
 
 import functools
 import logging
+import warnings
 
 import chex
 import editdistance
@@ -394,6 +395,37 @@ def test_accuracy_matches_scikit_learn():
             for i in range(NUM_CASES)
         ]
     np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+def test_balanced_accuracy_matches_scikit_learn():
+    num_classes = 5
+    preds, labels, weights = _classification_problems(8, num_classes=num_classes)
+    score = functools.partial(metrics.balanced_accuracy, num_classes=num_classes)
+
+    @jax.jit
+    def all_configs(preds, labels, weights):
+        return (
+            jax.vmap(score)(preds, labels),
+            jax.vmap(score)(preds, labels, weights=weights),
+            jax.vmap(score)(preds, labels, weights=weights > 0),
+        )
+
+    by_weighting = all_configs(preds, labels, weights)
+    result = [by_weighting[i % 3][i] for i in range(NUM_CASES)]
+    in_range = [bool(np.all((row >= 0) & (row < num_classes))) for row in labels]
+    with sklearn.config_context(skip_parameter_validation=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+        expected = [
+            sk_metrics.balanced_accuracy_score(
+                labels[i], preds[i], sample_weight=_weighting(i, weights)
+            )
+            for i in range(NUM_CASES)
+        ]
+    compared = [i for i in range(NUM_CASES) if in_range[i] and np.isfinite(expected[i])]
+    assert len(compared) > NUM_CASES // 2
+    np.testing.assert_allclose(
+        np.asarray(result)[compared], np.asarray(expected)[compared], atol=1e-6
+    )
 
 
 def test_jit_of_vmap_equals_flat_batch_and_does_not_retrace():

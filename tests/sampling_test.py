@@ -130,6 +130,13 @@ def test_tilted_weights_are_softmax_of_negative_loss_over_temperature():
     np.testing.assert_allclose(got, special.softmax(-np.asarray(losses) / 0.7), rtol=1e-6)
 
 
+def test_uniform_weights_ignore_the_loss_but_not_its_finiteness():
+    losses = jnp.array([0.3, jnp.nan, -0.4, 2.0, jnp.inf])
+    got = mls.candidate_weights(losses, temperature=1e-6, weighting="uniform")
+    np.testing.assert_allclose(got, [1 / 3, 0.0, 1 / 3, 1 / 3, 0.0], rtol=1e-6)
+    assert float(mls.effective_sample_size(got)) == pytest.approx(3.0)
+
+
 def test_importance_weights_subtract_log_proposal():
     losses = jnp.array([0.3, 1.2, -0.4, 2.0])
     log_q = jnp.array([-3.0, -1.0, -7.5, -2.0])

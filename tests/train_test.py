@@ -14,8 +14,9 @@ import optax
 import pytest
 
 from mlesearch import train
-from mlesearch.configs import digits
+from mlesearch.configs import digits, digits_lt
 from mlesearch.configs.common import METHODS
+from mlesearch.tasks.digits_lt import LOGIT_ADJUSTMENT_TAUS
 
 # Small enough to compile and run in seconds; the pretrained model is left far from converged, so
 # that fine-tuning has room to lower the task loss within 30 steps.
@@ -38,8 +39,8 @@ TINY = {
 IMPROVING = ("mle", "mgs", "pg", "mrt")
 
 
-def tiny_config(method: str, **changes):
-    config = digits.get_config()
+def tiny_config(method: str, experiment=digits, **changes):
+    config = experiment.get_config()
     config.method = method
     for name, value in {**TINY, **changes}.items():
         node = config
@@ -65,7 +66,10 @@ def pretrained_dir(tmp_path_factory):
     return directory
 
 
-@pytest.mark.parametrize("method", METHODS)
+FINE_TUNING = tuple(m for m in METHODS if m != "pretrained")
+
+
+@pytest.mark.parametrize("method", FINE_TUNING)
 def test_every_method_fine_tunes_and_resumes_exactly(method, pretrained_dir, tmp_path):
     config = tiny_config(method)
     result = train.run(config, tmp_path / "whole", pretrained_dir=pretrained_dir, progress=False)
@@ -82,7 +86,7 @@ def test_every_method_fine_tunes_and_resumes_exactly(method, pretrained_dir, tmp
     assert result["task_loss_evaluations"] == 30 * train.evaluations_per_step(config)
     assert set(result["test"]) == {"error", "f1", "nll", "task_loss"}
     assert all(math.isfinite(v) for v in result["test"].values())
-    if method in ("mgs", "random_search"):
+    if method in ("mgs", "mgs_after", "random_search"):
         assert 1.0 <= end["train"]["ess"] <= 4.0
     if method == "random_search":
         assert end["train"]["guide_weight"] == 0.0
@@ -91,6 +95,12 @@ def test_every_method_fine_tunes_and_resumes_exactly(method, pretrained_dir, tmp
     # The run directory holds the JSON result (without parameters) and the last checkpoint.
     saved = json.loads((tmp_path / "whole" / method / "seed_0" / train.RESULT_FILE).read_text())
     assert saved["test"] == result["test"] and "params" not in saved
+    # The reported parameters are those of the evaluation with the best validation task loss.
+    losses = [h["valid"]["task_loss"] for h in result["history"]]
+    assert result["selected_step"] == result["history"][losses.index(min(losses))]["step"]
+    assert result["test"] == result["test_selected"]
+    task = train.get_task(config)
+    assert task.evaluate(result["params"], None, "test") == result["test"]
     assert (tmp_path / "whole" / method / "seed_0" / "30").is_dir()
 
     # Interrupted after step 15, the last checkpoint is that of step 10; the restarted run redoes
@@ -157,3 +167,79 @@ def test_batch_sampler_concatenates_task_batches():
     batch = jax.eval_shape(draw, jax.random.key(0))
     assert batch["inputs"].shape == (80, 64) and batch["labels"].shape == (80,)
     assert train.batch_sampler(task, 32) is task.train_batch
+
+
+def test_pretrained_method_evaluates_the_checkpoint_without_a_step(pretrained_dir, tmp_path):
+    config = tiny_config("pretrained")
+    result = train.run(config, tmp_path, pretrained_dir=pretrained_dir, progress=False)
+    reference, _ = train.pretrain(config, pretrained_dir, progress=False)
+    assert result["steps"] == 0 and result["selected_step"] == 0
+    assert result["test"] == train.get_task(config).evaluate(reference, reference, "test")
+    chex.assert_trees_all_equal(result["params"], reference)
+
+
+def test_without_selection_the_last_parameters_are_reported(pretrained_dir, tmp_path):
+    config = tiny_config("mle", select_checkpoint=False)
+    result = train.run(config, tmp_path, pretrained_dir=pretrained_dir, progress=False)
+    assert result["test"] == result["test_last"]
+    assert train.get_task(config).evaluate(result["params"], None, "test") == result["test_last"]
+
+
+LT_TINY = {
+    "task_config.hidden_size": 8,
+    "task_config.batch_size": 64,
+    "pretrain.batch_size": 64,
+    "pretrain.steps": 60,
+    "pretrain.eval_every": 30,
+    "steps": 10,
+    "eval_every": 5,
+    "checkpoint_every": 10,
+    "batch_size": 64,
+    "mgs.num_candidates": 4,
+    "es.num_candidates": 4,
+    "pg.num_samples": 2,
+    "mrt.num_samples": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def lt_pretrained_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("lt") / "pretrained"
+    train.pretrain(tiny_config("mle", digits_lt, **LT_TINY), directory, progress=False)
+    return directory
+
+
+@pytest.mark.parametrize("method", ["mle", "mgs", "pg", "open_es", "guided_es"])
+def test_frozen_layers_stay_at_their_pretrained_values(method, lt_pretrained_dir, tmp_path):
+    config = tiny_config(method, digits_lt, select_checkpoint=False, **LT_TINY)
+    result = train.run(config, tmp_path, pretrained_dir=lt_pretrained_dir, progress=False)
+    reference, _ = train.pretrain(config, lt_pretrained_dir, progress=False)
+    chex.assert_trees_all_equal(result["params"]["Dense_0"], reference["Dense_0"])
+    moved = optax.tree.norm(optax.tree.sub(result["params"]["Dense_1"], reference["Dense_1"]))
+    assert moved > 0
+
+
+def test_post_hoc_correction_is_applied_before_testing(lt_pretrained_dir, tmp_path):
+    config = tiny_config(
+        "mle", digits_lt, post_hoc="logit_adjustment", select_checkpoint=False, **LT_TINY
+    )
+    result = train.run(config, tmp_path, pretrained_dir=lt_pretrained_dir, progress=False)
+    task = train.get_task(config)
+    adjusted, info = task.post_hoc["logit_adjustment"](result["params"], None)
+    assert result["post_hoc"]["last"] == info and info["tau"] in LOGIT_ADJUSTMENT_TAUS
+    assert result["test"] == task.evaluate(adjusted, None, "test")
+
+    with pytest.raises(ValueError, match="it has: logit_adjustment"):
+        train.run(
+            tiny_config("mle", digits_lt, post_hoc="temperature_scaling", **LT_TINY),
+            tmp_path / "other",
+            pretrained_dir=lt_pretrained_dir,
+            progress=False,
+        )
+
+
+def test_bad_mgs_settings_are_reported_before_pretraining():
+    with pytest.raises(ValueError, match="config.mgs: probe_scale must be positive"):
+        train.check_config(tiny_config("mgs", **{"mgs.probe_scale": 0.0}))
+    with pytest.raises(ValueError, match="config.mgs: weighting must be one of"):
+        train.check_config(tiny_config("random_search", **{"mgs.weighting": "best"}))

@@ -2,6 +2,7 @@
 
 - ``text_completion``: continue English prose; repetition and non-termination.
 - ``digits``: scikit-learn's digits with a small MLP; 0/1 error or macro-F1.
+- ``digits_lt``: the digits made long-tailed for training, balanced for testing; macro-F1.
 - ``translation``: English to German dates (CLDR, via babel); 1 - sentence BLEU.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from mlesearch.tasks.base import Batch, Metric, Params, Samples, Task
 
-TASKS = ("text_completion", "digits", "translation")
+TASKS = ("text_completion", "digits", "digits_lt", "translation")
 
 
 def make_task(name: str, config: Any) -> Task:

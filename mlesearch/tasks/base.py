@@ -80,6 +80,11 @@ class Task:
       primary_metric: the metric to plot against step and wall-clock time.
       describe: optional ``describe(params, reference, split, num_examples) -> str`` showing a few
         example outputs in plain text.
+      trainable: optional ``trainable(params) -> tree of bool`` (the structure of ``params``):
+        which leaves fine-tuning may change. None: all of them. Pretraining trains every leaf.
+      post_hoc: named post-hoc corrections, ``fn(params, reference) -> (params, info)``, fitted
+        on the validation split after fine-tuning (``config.post_hoc`` picks one); ``info`` is a
+        JSON-able record of what was chosen.
     """
 
     name: str
@@ -92,3 +97,8 @@ class Task:
     metrics: tuple[Metric, ...]
     primary_metric: str = "task_loss"
     describe: Callable[[Params, Params, str, int], str] | None = None
+    trainable: Callable[[Params], Any] | None = None
+    post_hoc: Mapping[str, Callable[[Params, Params], tuple[Params, dict[str, Any]]]] = (
+        # Left out of hashing: the training loop caches compiled steps by task.
+        dataclasses.field(default_factory=dict, hash=False, compare=False)
+    )
