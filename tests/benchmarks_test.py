@@ -55,3 +55,16 @@ def test_ablation_smoke_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "ablation.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == ["| MLE (reference)", "| n=2"]
+
+
+def test_digits_lt_alignment_smoke_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "digits_lt_alignment.py"), "--workdir", str(tmp_path)]
+        + ["--config.pretrain.steps=5", "--config.task_config.batch_size=32"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("tau") and len(lines) == 5

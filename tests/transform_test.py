@@ -123,6 +123,22 @@ def test_zero_temperature_limit_returns_best_candidate(weighting):
     np.testing.assert_allclose(info.ess, 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_uniform_weights_return_the_mean_of_the_finite_candidates(chunk_size):
+    guide = jnp.array([0.2, -0.1])
+    tx = mls.mgs(num_candidates=6, sigma=0.5, weighting="uniform", chunk_size=chunk_size, key=4)
+    # A loss that is infinite on one side: those candidates get no weight.
+    loss = lambda theta: jnp.where(theta[0] > 0.6, jnp.inf, quadratic(theta))
+    updates, state = _step(tx, guide, THETA, loss)
+    key = jax.random.split(jax.random.key(4))[1]  # the step key that mgs splits off its state
+    scales = mls.proposal_scales(guide, 0.5)
+    candidates = mls.sample_candidates(key, guide, scales, 6, 0.5)
+    finite = np.isfinite(np.asarray(state.info.candidate_losses))
+    assert 0 < finite.sum() < 6
+    np.testing.assert_allclose(state.info.weights, finite / finite.sum(), rtol=1e-6)
+    np.testing.assert_allclose(updates, np.asarray(candidates)[finite].mean(axis=0), rtol=1e-5)
+
+
 class ParityTest(parameterized.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_jit_and_no_jit_agree(self):

@@ -5,9 +5,9 @@ long-tailed (imbalance ratio 50), fine-tuned against 1 - macro-F1 of a class-bal
 training batch, and judged by macro-F1 on a balanced test split (see `mlesearch.tasks.digits_lt`
 for how the task is built and why). ``mlesearch compare digits_lt`` runs every row of ``rows``:
 the pretrained model; MLE at this learning rate, half and twice it; MLE with post-hoc logit
-adjustment; MGS in the paper's placement, with uniform weights, and as random search; MGS after
-Adam; policy gradient; minimum risk training; OpenES and GuidedES. Every row selects its
-checkpoint on the validation task loss.
+adjustment; MGS in the paper's placement, with logit adjustment after it, with uniform weights,
+and as random search; MGS after Adam; policy gradient; minimum risk training; OpenES and
+GuidedES. Every row selects its checkpoint on the validation task loss.
 """
 
 import ml_collections
@@ -90,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
             "mle_double_lr": {"method": "mle", "learning_rate": lr * 2},
             "mle_logit_adjusted": {"method": "mle", "post_hoc": "logit_adjustment"},
             "mgs": {"method": "mgs"},
+            "mgs_logit_adjusted": {"method": "mgs", "post_hoc": "logit_adjustment"},
             "mgs_uniform": {"method": "mgs", "mgs": {"weighting": "uniform"}},
             "random_search": {"method": "random_search"},
             "mgs_after": {"method": "mgs_after", "mgs": {"sigma": 1.0}},
@@ -100,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
         }
     )
     config.compare_methods = (
-        "pretrained,mle,mle_half_lr,mle_double_lr,mle_logit_adjusted,mgs,mgs_uniform,"
-        "random_search,mgs_after,pg,mrt,open_es,guided_es"
+        "pretrained,mle,mle_half_lr,mle_double_lr,mle_logit_adjusted,mgs,mgs_logit_adjusted,"
+        "mgs_uniform,random_search,mgs_after,pg,mrt,open_es,guided_es"
     )
     return config

@@ -7,8 +7,8 @@ so that its greedy continuations of sentence prefixes repeat less and end (seq-r
 non-termination), scored by the task loss of `mlesearch.tasks.text_completion`.
 
 Sized for two CPU cores: pretraining stops after a few hundred steps (under a minute), a fine-tuning
-run of MGS takes about 12 seconds and one of PG or MRT about 30, and the default comparison
-(``mlesearch``: mle, mgs, pg and mrt over 3 seeds) took 252 seconds on a 2-core machine.
+run of MGS takes about 22 seconds and one of PG or MRT about 38, and the default comparison
+(``mlesearch``: mle, mgs, pg and mrt over 3 seeds) took 361 seconds on a 2-core machine.
 """
 
 import ml_collections
@@ -60,11 +60,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every = 50
     config.checkpoint_every = 150
 
-    # Adam's steps at this learning rate barely change greedy continuations, so the candidates
-    # explore with noise 30 times the size of Adam's update, weighted by the tilted weights at
-    # the temperature that keeps half of the candidates effective.
+    # MGS in the released code's placement (mlesearch.with_mgs): candidates probe around
+    # -probe_scale * clip(g), with relative noise of the same size, weighted by the tilted
+    # weights at the temperature that keeps half of them effective; the weighted direction goes
+    # to Adam as a pseudo-gradient. mgs_after (chain(adam, mgs)) needed noise 30 times Adam's
+    # step to change greedy continuations: set mgs.sigma=30 for that method.
+    config.mgs.probe_scale = 0.3
+    config.mgs.clip_norm = 1.0
     config.mgs.num_candidates = 4
-    config.mgs.sigma = 30.0
+    config.mgs.sigma = 1.0
     config.mgs.noise = "relative"
     config.mgs.weighting = "tilted"
     config.mgs.auto_temperature = True

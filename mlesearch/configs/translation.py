@@ -42,7 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every = 50
     config.checkpoint_every = 100
 
-    # MGS and random search: candidates around Adam's update, on the scale of that update.
+    # MGS and random search in the released code's placement (mlesearch.with_mgs): candidates
+    # around -probe_scale * clip(g) with noise on the scale of that guide; the weighted direction
+    # goes to Adam as a pseudo-gradient. mgs_after probes around Adam's update instead.
+    config.mgs.probe_scale = 0.1
     config.mgs.num_candidates = 4
     config.mgs.sigma = 1.0
     config.mgs.auto_temperature = True
