@@ -40,7 +40,10 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # Bisection bracket for the automatic temperature, in units of log(loss spread): e^±25 spans about
 # 22 orders of magnitude around the spread of the losses, far past full collapse and full flatness.
 _AUTO_LOG_BRACKET = 25.0
-_AUTO_BISECTION_STEPS = 40
+# The grid that finds the first crossing of the target ESS (a step of 0.78 in log α), and the
+# bisection steps that refine it inside one grid step (to 0.78 / 2**30).
+_AUTO_GRID_POINTS = 65
+_AUTO_BISECTION_STEPS = 30
 
 
 def component_sizes(num_candidates: int, mix: float) -> tuple[int, int]:
@@ -68,9 +71,12 @@ def proposal_scales(guide: chex.ArrayTree, sigma: chex.Numeric, noise: str = "ab
     r"""Per-leaf standard deviations of the proposal.
 
     ``"absolute"``: :math:`\sigma_\ell = \sigma` for every leaf :math:`\ell`. ``"relative"``:
-    :math:`\sigma_\ell = \sigma \cdot \mathrm{mean}|u_\ell|`, as in the released code of [1]. A
-    relative scale is zero on a leaf where the guide is zero: both components then put a point mass
-    on zero there, and the leaf takes no part in the density.
+    :math:`\sigma_\ell = \sigma \cdot \mathrm{mean}|u_\ell|`, as in the released code of [1],
+    with the mean taken over the finite entries of the leaf, so that a NaN or inf in the guide
+    does not spread to the noise. A relative scale is zero on a leaf where the guide is zero, or
+    so small that it falls below the smallest normal float32 (about 1.2e-38): the leaf is then
+    not searched. Every candidate carries its component's mean there (0 or :math:`u_\ell`) and
+    the leaf takes no part in the density (exact when :math:`u_\ell = 0`).
 
     Args:
       guide: the guide update u, a pytree of arrays.
@@ -90,8 +96,13 @@ def proposal_scales(guide: chex.ArrayTree, sigma: chex.Numeric, noise: str = "ab
         return jax.tree.map(lambda _: sigma, guide)
 
     def relative(leaf: jax.Array) -> jax.Array:
-        mean_abs = jnp.sum(jnp.abs(leaf.astype(jnp.float32))) / max(leaf.size, 1)
-        return sigma * mean_abs
+        magnitude = jnp.abs(leaf.astype(jnp.float32))
+        finite = jnp.isfinite(magnitude)
+        count = jnp.maximum(jnp.sum(finite), 1).astype(jnp.float32)
+        scale = sigma * (jnp.sum(jnp.where(finite, magnitude, 0.0)) / count)
+        # A scale below the smallest normal float32 cannot scale noise reliably (CPUs flush
+        # subnormals to zero): the leaf is then not searched, exactly as a zero guide leaf.
+        return jnp.where(scale >= jnp.finfo(jnp.float32).tiny, scale, 0.0)
 
     return jax.tree.map(relative, guide)
 
@@ -151,9 +162,12 @@ def sample_candidate(
         noise_index = index
         sign = jnp.float32(1.0)
     noise = _standard_normal_like(jax.random.fold_in(key, noise_index), guide)
-    is_guided = (index >= num_zero_mean).astype(jnp.float32)
+    is_guided = index >= num_zero_mean
+    # A select rather than 0·u: zero-mean candidates stay finite even where the guide is not.
     return jax.tree.map(
-        lambda u, scale, eps: is_guided * u.astype(jnp.float32) + (sign * scale) * eps,
+        lambda u, scale, eps: (
+            jnp.where(is_guided, u.astype(jnp.float32), 0.0) + (sign * scale) * eps
+        ),
         guide,
         scales,
         noise,
@@ -205,8 +219,11 @@ def log_proposal_density(
             \log(1-\lambda) + \log\mathcal{N}(\Delta; u, \Sigma)\big),
 
     with :math:`\Sigma` diagonal, :math:`\sigma_\ell^2` on leaf :math:`\ell`. It uses the true
-    scales, normalising constants included. Leaves whose scale is zero are left out: there both
-    components put the same point mass on the guide's (zero) value.
+    scales, normalising constants included. The squared distances are computed in standardised
+    form, :math:`\|(\Delta_\ell - m)/\sigma_\ell\|^2`, so that a tiny scale (say 1e-20, whose
+    :math:`1/\sigma^2` overflows float32) gives a finite density. Leaves whose scale is zero are
+    left out: there both components put a point mass on the component's mean (see
+    :func:`proposal_scales`).
 
     Args:
       delta: :math:`\Delta`, a pytree with the structure of ``guide``.
@@ -227,16 +244,21 @@ def log_proposal_density(
         d = d.astype(jnp.float32)
         u = u.astype(jnp.float32)
         active = scale > 0
-        inv_var = jnp.where(active, 1.0 / jnp.where(active, scale, 1.0) ** 2, 0.0)
-        sq_zero = jnp.sum(jnp.square(d)) * inv_var
-        sq_guided = jnp.sum(jnp.square(d - u)) * inv_var
-        log_norm = jnp.where(
-            active, -0.5 * d.size * (_LOG_2PI + 2.0 * jnp.log(jnp.where(active, scale, 1.0))), 0.0
-        )
-        return jnp.stack([sq_zero, sq_guided, log_norm])
+        safe_scale = jnp.where(active, scale, 1.0)
+        sq_zero = jnp.where(active, jnp.sum(jnp.square(d / safe_scale)), 0.0)
+        sq_guided = jnp.where(active, jnp.sum(jnp.square((d - u) / safe_scale)), 0.0)
+        log_norm = jnp.where(active, -0.5 * d.size * (_LOG_2PI + 2.0 * jnp.log(safe_scale)), 0.0)
+        return sq_zero, sq_guided, log_norm
 
-    terms = jax.tree.leaves(jax.tree.map(leaf_terms, delta, guide, scales))
-    sq_zero, sq_guided, log_norm = sum(terms, jnp.zeros(3, jnp.float32))
+    # Summed term by term rather than stacked: under vmap the squared distances vary with the
+    # candidate while the normalising constant does not (and their shardings may differ).
+    leaves = zip(
+        jax.tree.leaves(delta), jax.tree.leaves(guide), jax.tree.leaves(scales), strict=True
+    )
+    terms = [leaf_terms(d, u, scale) for d, u, scale in leaves]
+    sq_zero, sq_guided, log_norm = (
+        sum(parts, jnp.float32(0.0)) for parts in zip(*terms, strict=True)
+    )
     share = jnp.asarray(zero_mean_share, jnp.float32)
     log_components = jnp.stack(
         [jnp.log(share) - 0.5 * sq_zero, jnp.log1p(-share) - 0.5 * sq_guided]
@@ -357,47 +379,70 @@ def auto_temperature(
     weighting: str = "importance",
     fallback: chex.Numeric = 1.0,
 ) -> jax.Array:
-    r"""Chooses the temperature α whose weights have an ESS of ``target_ess · n``.
+    r"""Chooses the smallest temperature α whose weights have an ESS of ``target_ess · m``.
 
-    A fixed number of bisection steps on :math:`\log\alpha`, over a bracket centred on the log of
-    the spread of the finite losses, so the answer does not depend on the scale of the loss. Where
-    the target cannot be reached (for ``"importance"`` in high dimension, the -log q term alone can
-    hold the ESS below it), α goes to the end of the bracket that comes closest. When fewer than two
-    distinct finite losses exist, α does not change the weights, and ``fallback`` is returned.
-    Jit-compatible: no Python branch on traced values.
+    m is the number of usable candidates (finite loss, and finite log q for ``"importance"``):
+    candidates that failed cannot carry weight, so the target counts only the others.
+
+    The search works in :math:`\log\alpha`, over a bracket centred on the log of the spread of
+    the finite losses, so the answer does not depend on the scale of the loss. It starts from the
+    loss-driven end: as α grows from 0 the weights flatten away from the best candidate and the ESS
+    rises from 1. For ``"tilted"`` and ``"uniform"`` it keeps rising to m, but for
+    ``"importance"`` it need not: as α grows the weights tend to :math:`1/q`, which in high
+    dimension puts almost all weight on one candidate whatever its loss. So α is the first
+    crossing of the target from below: a grid of α from small to large finds the first grid point
+    whose ESS reaches the target, and bisection between it and the point before refines it.
+    Where no grid point reaches the target, α is the grid point of the largest ESS. When fewer
+    than two distinct finite losses exist, α does not change the weights, and ``fallback`` is
+    returned. Jit-compatible: no Python branch on traced values.
 
     Args:
       candidate_losses: :math:`l_i`, shape ``(n,)``.
       log_proposals: :math:`\log q(\Delta_i)`, shape ``(n,)``, for ``"importance"``.
-      target_ess: the ESS to aim for, as a fraction of n, in (0, 1].
+      target_ess: the ESS to aim for, as a fraction of the usable candidates, in (0, 1].
       weighting: ``"importance"`` or ``"tilted"``.
       fallback: the α to return when the losses do not depend on it (for example the previous
         step's α).
 
     Returns:
       α, a positive finite float32 scalar, shape ``()``.
+
+    References:
+      [2] Owen 2013, ch. 9 (effective sample size).
     """
     excess_loss, excess_log_q, valid = _log_weight_terms(candidate_losses, log_proposals, weighting)
     spread = jnp.max(jnp.where(valid, excess_loss, 0.0))
     informative = (spread > 0) & jnp.isfinite(spread)
     spread = jnp.where(informative, spread, 1.0)
-    # Bisect on log(α / spread), with the losses in units of their spread, so that neither tiny
+    # Search in log(α / spread), with the losses in units of their spread, so that neither tiny
     # nor huge losses underflow or overflow inside the search.
     scaled_loss = jnp.where(valid, excess_loss / spread, 0.0)
-    target = jnp.asarray(target_ess, jnp.float32) * excess_loss.shape[0]
+    num_valid = jnp.sum(valid).astype(jnp.float32)
+    target = jnp.asarray(target_ess, jnp.float32) * num_valid
 
     def ess_at(log_alpha: jax.Array) -> jax.Array:
         weights = _normalized_weights(scaled_loss, excess_log_q, valid, jnp.exp(log_alpha))
         return effective_sample_size(weights)
 
+    grid = jnp.linspace(-_AUTO_LOG_BRACKET, _AUTO_LOG_BRACKET, _AUTO_GRID_POINTS)
+    grid_ess = jax.vmap(ess_at)(grid)
+    reached = grid_ess >= target
+    first = jnp.argmax(reached)  # the first grid point at the target (0 if none is).
+    step = grid[1] - grid[0]
+
     def bisect(_: int, bracket: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        # Invariant: ESS(low) < target <= ESS(high), so a crossing lies between them.
         low, high = bracket
         middle = 0.5 * (low + high)
         too_peaked = ess_at(middle) < target
         return jnp.where(too_peaked, middle, low), jnp.where(too_peaked, high, middle)
 
-    bracket = (jnp.float32(-_AUTO_LOG_BRACKET), jnp.float32(_AUTO_LOG_BRACKET))
-    low, high = jax.lax.fori_loop(0, _AUTO_BISECTION_STEPS, bisect, bracket)
+    low, high = jax.lax.fori_loop(
+        0, _AUTO_BISECTION_STEPS, bisect, (grid[first] - step, grid[first])
+    )
+    # Reached at the smallest α already: keep it, the most loss-driven choice of the bracket.
+    log_alpha = jnp.where(first > 0, high, grid[0])
+    log_alpha = jnp.where(jnp.any(reached), log_alpha, grid[jnp.argmax(grid_ess)])
     finfo = jnp.finfo(jnp.float32)
-    alpha = jnp.clip(spread * jnp.exp(0.5 * (low + high)), finfo.tiny, finfo.max)
+    alpha = jnp.clip(spread * jnp.exp(log_alpha), finfo.tiny, finfo.max)
     return jnp.where(informative, alpha, jnp.asarray(fallback, jnp.float32))

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -322,7 +323,8 @@ def pretrain(
     """MLE pretraining with Adam and early stopping, saved once in ``directory`` and then reused.
 
     Every ``config.pretrain.eval_every`` steps the validation MLE loss (``"nll"`` or
-    ``"mle_loss"`` of ``task.evaluate(params, params, "valid")``) is computed; training stops
+    ``"mle_loss"`` of ``task.evaluate(params, params, "valid")``, or ``task.evaluate_mle`` when
+    the task has it) is computed; training stops
     when it has not improved for ``config.pretrain.patience`` evaluations (0 disables early
     stopping), and the parameters of the best evaluation are kept. A task that reports neither
     key trains for all ``config.pretrain.steps`` steps and keeps the last parameters.
@@ -403,7 +405,10 @@ def pretrain(
                 continue
             jax.block_until_ready(params)
             seconds += time.perf_counter() - tic
-            valid = dict(task.evaluate(params, params, "valid"))
+            if task.evaluate_mle is not None:
+                valid = {"mle_loss": float(task.evaluate_mle(params, "valid"))}
+            else:
+                valid = dict(task.evaluate(params, params, "valid"))
             history.append({"step": steps_taken, "train_mle_loss": float(loss), "valid": valid})
             watched = _valid_mle_key(valid)
             bar.set_postfix({watched or "train_mle_loss": valid.get(watched, float(loss))})
@@ -422,7 +427,11 @@ def pretrain(
                     break
             tic = time.perf_counter()
         bar.close()
-        best_valid = next(h["valid"] for h in history if h["step"] == best_step)
+        best_valid = (
+            evaluate(task, best_params, best_params, "valid")
+            if task.evaluate_mle is not None
+            else next(h["valid"] for h in history if h["step"] == best_step)
+        )
         record = {
             "fingerprint": fingerprint,
             "history": history,
@@ -751,6 +760,48 @@ def _post_hoc(
     return task.post_hoc[name]
 
 
+_EVALUATIONS: collections.OrderedDict[tuple[Task, str, str, str], dict[str, float]] = (
+    collections.OrderedDict()
+)
+_EVALUATIONS_SIZE = 16
+
+
+def _digest(tree: Any) -> str:
+    """A hash of the values, shapes and dtypes of an array tree."""
+    digest = hashlib.sha1()
+    for leaf in jax.tree.leaves(_unwrap_keys(tree)):
+        array = np.asarray(leaf)
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def evaluate(task: Task, params: Any, reference: Any, split: str) -> dict[str, float]:
+    """``task.evaluate(params, reference, split)``, remembered for the same values.
+
+    Every run of a comparison starts from the pretrained parameters, and many keep them (or end
+    where they selected): evaluating each set of parameters once saves the decoding that text
+    tasks spend most of their evaluation time on. The last 16 evaluations are kept, keyed by the
+    task and a hash of the parameters' and the reference's values.
+
+    Args:
+      task: the task.
+      params: the parameters to evaluate.
+      reference: the pretrained parameters.
+      split: ``"valid"`` or ``"test"``.
+
+    Returns:
+      A new dict of the metrics.
+    """
+    key = (task, split, _digest(params), _digest(reference))
+    if key not in _EVALUATIONS:
+        _EVALUATIONS[key] = dict(task.evaluate(params, reference, split))
+        while len(_EVALUATIONS) > _EVALUATIONS_SIZE:
+            _EVALUATIONS.popitem(last=False)
+    _EVALUATIONS.move_to_end(key)
+    return dict(_EVALUATIONS[key])
+
+
 def _test(
     task: Task, params: Any, reference: Any, post_hoc: Callable[..., Any] | None
 ) -> tuple[dict[str, float], dict[str, Any] | None]:
@@ -758,7 +809,7 @@ def _test(
     info = None
     if post_hoc is not None:
         params, info = post_hoc(params, reference)
-    return dict(task.evaluate(params, reference, "test")), info
+    return evaluate(task, params, reference, "test"), info
 
 
 def run(
@@ -850,7 +901,7 @@ def run(
 
         def record(done: int, diagnostics: Mapping[str, jax.Array]) -> None:
             nonlocal best_params, best_step, best_loss
-            valid = dict(task.evaluate(state.params, reference, "valid"))
+            valid = evaluate(task, state.params, reference, "valid")
             history.append(
                 {
                     "step": done,

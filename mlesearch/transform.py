@@ -15,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -32,7 +33,7 @@ class MGSInfo(NamedTuple):
 
     candidate_losses: jax.Array  # (n,) float32: task loss l(θ + Δ_i) of each candidate.
     weights: jax.Array  # (n,) float32: normalised weights w_i; all 0 if no loss was finite.
-    ess: jax.Array  # () float32: effective sample size 1 / Σ w_i², in [1, n]; 0 if none usable.
+    ess: jax.Array  # () float32: ESS 1 / Σ w_i², in [1, m] for m usable candidates; 0 if none.
     guide_weight: jax.Array  # () float32: total weight on candidates from the guided component.
     temperature: jax.Array  # () float32: the α used; the chosen one with temperature="auto".
 
@@ -78,8 +79,27 @@ def _check_positive(value: Any, name: str) -> None:
         number = float(np.asarray(value))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} must be a positive number, got {value!r}.") from error
-    if not number > 0 or math.isnan(number):
-        raise ValueError(f"{name} must be positive, got {number}.")
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{name} must be positive and finite, got {number}.")
+
+
+def _check_params(params: Any) -> None:
+    """Checks that there is something to search over, and that all of it is floating point."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if not leaves:
+        raise ValueError(
+            "mgs got params with no array leaves: there is nothing to search over. Pass the "
+            "parameter pytree that the task loss takes."
+        )
+    for path, leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"mgs perturbs floating-point parameters, but the leaf "
+                f"{jax.tree_util.keystr(path)} has dtype {dtype}: adding Gaussian noise to it "
+                "would be rounded away. Keep integer leaves out of the searched tree, e.g. with "
+                "optax.partition or optax.masked."
+            )
 
 
 def _check_guide_matches_params(guide: Any, params: Any) -> None:
@@ -100,6 +120,14 @@ def _check_guide_matches_params(guide: Any, params: Any) -> None:
                 f"The guide's leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}, but "
                 f"the parameter has shape {jnp.shape(param)}."
             )
+
+
+def _effective_delta(param: jax.Array, delta: jax.Array) -> jax.Array:
+    """``round(θ + Δ) - θ`` in float32 for a leaf narrower than float32; ``Δ`` otherwise."""
+    if jnp.finfo(param.dtype).bits >= 32:
+        return delta
+    wide = param.astype(jnp.float32)
+    return (wide + delta).astype(param.dtype).astype(jnp.float32) - wide
 
 
 def _check_task_loss(loss_fn: Callable[[Any], Any], params: Any) -> None:
@@ -148,17 +176,98 @@ def _candidate_sharding(
             f"candidate_axis {unknown} is not an axis of the mesh, whose axes are "
             f"{mesh.axis_names}."
         )
-    # A sharding hint needs Auto axes; jax.make_mesh makes Explicit ones by default.
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+
+
+def _on_explicit_mesh(trees: Any) -> bool:
+    """Whether a mesh is in context, or any array of ``trees`` has an Explicit sharding type."""
+    if not jax.sharding.get_abstract_mesh().empty:
+        return True
+    for leaf in jax.tree.leaves(trees):
+        sharding = getattr(jax.typeof(leaf), "sharding", None)
+        mesh = getattr(sharding, "mesh", None)
+        if mesh is not None and not mesh.empty and sharding.spec != ():
+            if any(entry is not None for entry in sharding.spec):
+                return True
+    return False
+
+
+def _resolve_sharding(
+    sharding: jax.sharding.NamedSharding | None, trees: Any
+) -> jax.sharding.NamedSharding | None:
+    """The candidate sharding to use for this call.
+
+    With a mesh whose candidate axis is Explicit (``jax.make_mesh``'s default), arrays sharded
+    over that mesh carry the sharding in their types, and the candidates must be placed in the
+    same typed world: the mesh is used as given. When no input lives on such a mesh (a batch on
+    one device), the same devices are used through an Auto copy of the mesh, where a sharding
+    hint is enough.
+    """
+    if sharding is None or not _is_explicit(sharding) or _on_explicit_mesh(trees):
+        return sharding
+    mesh = sharding.mesh
     auto_mesh = jax.sharding.Mesh(
         mesh.devices,
         mesh.axis_names,
         axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names),
     )
-    return jax.sharding.NamedSharding(auto_mesh, jax.sharding.PartitionSpec(axis))
+    return jax.sharding.NamedSharding(auto_mesh, sharding.spec)
+
+
+def _is_explicit(sharding: jax.sharding.NamedSharding) -> bool:
+    """Whether the candidate axis of the mesh is Explicit (``jax.make_mesh``'s default)."""
+    axis = sharding.spec[0]
+    names = (axis,) if isinstance(axis, str) else tuple(axis)
+    types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types, strict=True))
+    return any(types[name] == jax.sharding.AxisType.Explicit for name in names)
+
+
+def _gather(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
+    """Replicates small per-candidate outputs (losses) over an Explicit mesh; else ``x``."""
+    if sharding is None or not _is_explicit(sharding):
+        return x
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.sharding.reshard(x, replicated)
+
+
+def _weighted_sum(weights: jax.Array, deltas: Any, like: Any, sharding: Any) -> Any:
+    """Σᵢ wᵢ Δᵢ over the leading axis of each leaf of ``deltas``, as one dot per leaf.
+
+    Over an Explicit mesh the contraction runs over the sharded candidate axis, so the result
+    is given the sharding of the matching leaf of ``like`` (the guide).
+    """
+    if sharding is None or not _is_explicit(sharding):
+        return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
+    return jax.tree.map(
+        lambda d, u: jnp.einsum("n,n...->...", weights, d, out_sharding=jax.typeof(u).sharding),
+        deltas,
+        like,
+    )
+
+
+def _mesh_context(
+    sharding: jax.sharding.NamedSharding | None,
+) -> contextlib.AbstractContextManager[Any]:
+    """The user's mesh as the current one when its candidate axis is Explicit, else nothing.
+
+    Explicit axes need the mesh in context to trace operations on arrays sharded over them.
+    """
+    if sharding is None or not _is_explicit(sharding):
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(sharding.mesh.abstract_mesh)
 
 
 def _constrain(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
-    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+    """Puts the leading (candidate) axis of every leaf of ``x`` on the candidate axis of the mesh.
+
+    Explicit mesh axes carry their sharding in the arrays' types and are moved with
+    ``jax.sharding.reshard``; Auto axes take a ``with_sharding_constraint`` hint.
+    """
+    if sharding is None:
+        return x
+    if _is_explicit(sharding):
+        return jax.sharding.reshard(x, sharding)
+    return jax.lax.with_sharding_constraint(x, sharding)
 
 
 def _map_over_candidates(
@@ -177,10 +286,12 @@ def _map_over_candidates(
     split = num_full * chunk_size
     parts = []
     if num_full > 0:
-        full = jax.lax.map(chunk_map, indices[:split].reshape(num_full, chunk_size))
+        full = _gather(
+            jax.lax.map(chunk_map, indices[:split].reshape(num_full, chunk_size)), sharding
+        )
         parts.append(jax.tree.map(lambda x: x.reshape(split, *x.shape[2:]), full))
     if split < num_candidates:
-        parts.append(chunk_map(indices[split:]))
+        parts.append(_gather(chunk_map(indices[split:]), sharding))
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
 
 
@@ -262,17 +373,30 @@ def mgs(
     candidates are evaluated c at a time and then drawn again from their keys for the weighted sum,
     so at most about c perturbed copies of the parameters are live at once, whatever n is.
 
+    Parameters in bfloat16 or float16 are perturbed in float32 and rounded: candidate i is
+    evaluated at :math:`\mathrm{round}(\theta + \Delta_i)`, and its effective perturbation
+    :math:`\mathrm{round}(\theta + \Delta_i) - \theta` is the one that enters log q and the
+    weighted sum, so the update is a weighted mean of the points that were scored.
+
+    Failures stay contained. A candidate whose task loss is NaN or inf gets weight 0. A guide
+    with a NaN or inf anywhere (a diverged surrogate gradient) gives its guided candidates weight
+    0; the zero-mean candidates still search, drawn with finite noise scales, and the update is
+    their weighted mean. If no candidate is usable the update is zero. Nothing non-finite reaches
+    the returned update, chunked or not.
+
     With ``mesh``, the candidate axis is split over the devices of ``candidate_axis`` of the mesh
     (each device evaluates n / D candidates), while params stay as they are (usually replicated).
-    The batch of the task loss may be sharded over another axis of the same mesh. Under
+    The batch of the task loss may be sharded over another axis of the same mesh. The mesh is
+    used as given, with Auto or Explicit axes (``jax.make_mesh``'s default); with Explicit axes
+    and inputs sharded over them, the update takes the sharding of the guide. Under
     ``jax.jit`` the result equals the single-device one, up to the order of floating-point sums.
 
     Args:
       num_candidates: n >= 1, candidates per step. Static.
-      sigma: σ > 0, the noise scale. May be traced (``optax.inject_hyperparams``).
-      temperature: α > 0, or ``"auto"`` to choose α every step so that the ESS is
-        ``target_ess · n``.
-        May be traced.
+      sigma: σ > 0, finite, the noise scale. May be traced (``optax.inject_hyperparams``).
+      temperature: α > 0, finite, or ``"auto"`` to choose α every step so that the ESS is
+        ``target_ess`` times the number of candidates with a finite loss (the smallest such α;
+        see `mlesearch.auto_temperature`). May be traced.
       mix: λ in [0, 1], the share of zero-mean candidates: round(λ n) of them (stratified). λ = 1 is
         pure random search, λ = 0 guided only. Static.
       weighting: ``"importance"`` (targets p ∝ exp(-Δl/α)), ``"tilted"`` (targets q·exp(-Δl/α);
@@ -297,6 +421,9 @@ def mgs(
       task_loss_fn=f, **extra_args)`` needs ``params`` and a traceable ``task_loss_fn(params,
       **kwargs) -> scalar``; extra arguments named in the signature of ``task_loss_fn`` are passed
       to it, the others ignored. The returned update has the structure and dtypes of ``updates``.
+      ``params`` must have at least one leaf, and every leaf must be floating point (keep
+      integer leaves out with ``optax.partition`` or ``optax.masked``); else update raises a
+      ValueError.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -383,51 +510,47 @@ def mgs(
             ),
         )
 
-    def update_fn(
+    def search(
         updates: optax.Updates,
         state: MGSState,
-        params: optax.Params | None = None,
-        *,
-        task_loss_fn: Callable[..., jax.Array] | None = None,
-        **extra_args: Any,
+        params: optax.Params,
+        loss_fn: Callable[[Any], jax.Array],
+        candidate_sharding: jax.sharding.NamedSharding | None,
     ) -> tuple[optax.Updates, MGSState]:
-        if params is None:
-            raise ValueError(
-                "mgs needs the current parameters: call tx.update(updates, state, params, "
-                "task_loss_fn=...)."
-            )
-        if task_loss_fn is None:
-            raise ValueError(
-                "mgs needs a task loss: call tx.update(updates, state, params, "
-                "task_loss_fn=f), where f(params, **kwargs) returns a scalar."
-            )
-        _check_guide_matches_params(updates, params)
-        loss_kwargs = _utils.route_kwargs(task_loss_fn, extra_args)
-
-        def loss_fn(candidate_params: Any) -> jax.Array:
-            return task_loss_fn(candidate_params, **loss_kwargs)
-
-        _check_task_loss(loss_fn, params)
-
+        """One step once the arguments are checked: draw, evaluate and weigh the candidates."""
         next_key, step_key = jax.random.split(state.key)
+        # A guide with a NaN or inf anywhere cannot place the guided candidates: they are drawn
+        # around a finite stand-in and then given no weight, while the zero-mean candidates
+        # still search, so that nothing non-finite reaches the update. The proposal is then the
+        # zero-mean component alone (λ = 1 in log q).
+        guide_is_finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)])
+        )
+        guide = jax.tree.map(lambda u: jnp.where(jnp.isfinite(u), u, jnp.zeros_like(u)), updates)
         scales = sampling.proposal_scales(updates, sigma, noise)
+        share = jnp.where(guide_is_finite, zero_mean_share, 1.0)
 
         def draw(index: jax.Array) -> Any:
-            return sampling.sample_candidate(
-                step_key, index, updates, scales, num_zero_mean, antithetic
+            delta = sampling.sample_candidate(
+                step_key, index, guide, scales, num_zero_mean, antithetic
             )
+            # On a low-precision leaf the candidate really evaluated is round(θ + Δ), so its
+            # perturbation is round(θ + Δ) - θ: that one enters log q and the weighted sum.
+            return jax.tree.map(_effective_delta, params, delta)
 
-        def evaluate_delta(delta: Any) -> tuple[jax.Array, jax.Array]:
+        def evaluate_delta(index: jax.Array, delta: Any) -> tuple[jax.Array, jax.Array]:
             candidate_params = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, delta)
             loss = jnp.asarray(loss_fn(candidate_params), jnp.float32)
+            usable = guide_is_finite | (index < num_zero_mean)
+            loss = jnp.where(usable, loss, jnp.nan)
             if weighting == "importance":
-                log_q = sampling.log_proposal_density(delta, updates, scales, zero_mean_share)
+                log_q = sampling.log_proposal_density(delta, guide, scales, share)
             else:
                 log_q = jnp.zeros((), jnp.float32)
             return loss, log_q
 
         def evaluate(index: jax.Array) -> tuple[jax.Array, jax.Array]:
-            return evaluate_delta(draw(index))
+            return evaluate_delta(index, draw(index))
 
         indices = jnp.arange(num_candidates, dtype=jnp.int32)
         # All candidates at once: draw them once, keep them for the weighted sum, and stay out of
@@ -438,7 +561,8 @@ def mgs(
                 jax.vmap(draw)(_constrain(indices, candidate_sharding)), candidate_sharding
             )
             candidate_losses, log_proposals = _constrain(
-                jax.vmap(evaluate_delta)(deltas), candidate_sharding
+                jax.vmap(evaluate_delta)(_constrain(indices, candidate_sharding), deltas),
+                candidate_sharding,
             )
         elif candidate_sharding is None:
             candidate_losses, log_proposals = jax.lax.map(evaluate, indices, batch_size=chunk)
@@ -463,7 +587,7 @@ def mgs(
         weights = sampling.candidate_weights(candidate_losses, log_proposals, alpha, weighting)
 
         if all_at_once:
-            mean_delta = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
+            mean_delta = _weighted_sum(weights, deltas, guide, candidate_sharding)
         else:
             # Chunked: draw the candidates again from their keys rather than storing them.
             zeros = jax.tree.map(lambda u: jnp.zeros(jnp.shape(u), jnp.float32), updates)
@@ -484,5 +608,36 @@ def mgs(
         )
         count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
         return new_updates, MGSState(key=next_key, count=count, info=info)
+
+    def update_fn(
+        updates: optax.Updates,
+        state: MGSState,
+        params: optax.Params | None = None,
+        *,
+        task_loss_fn: Callable[..., jax.Array] | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, MGSState]:
+        if params is None:
+            raise ValueError(
+                "mgs needs the current parameters: call tx.update(updates, state, params, "
+                "task_loss_fn=...)."
+            )
+        if task_loss_fn is None:
+            raise ValueError(
+                "mgs needs a task loss: call tx.update(updates, state, params, "
+                "task_loss_fn=f), where f(params, **kwargs) returns a scalar."
+            )
+        _check_params(params)
+        _check_guide_matches_params(updates, params)
+        loss_kwargs = _utils.route_kwargs(task_loss_fn, extra_args)
+
+        def loss_fn(candidate_params: Any) -> jax.Array:
+            return task_loss_fn(candidate_params, **loss_kwargs)
+
+        _check_task_loss(loss_fn, params)
+
+        sharding = _resolve_sharding(candidate_sharding, (updates, params, loss_kwargs))
+        with _mesh_context(sharding):
+            return search(updates, state, params, loss_fn, sharding)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -31,16 +31,40 @@
 # `small` runs everything in seconds (the test suite does).
 
 # %%
-# On a fresh runtime (Colab), install the library first. MLESEARCH_SOURCE may name a git URL or
-# a local clone instead of the package name.
+# On a fresh runtime (Colab), install the library first. mlesearch is not on the package
+# index, so the cell installs it from, in this order: MLESEARCH_SOURCE (a git URL such as
+# "git+https://github.com/OWNER/mlesearch", a clone's path or a wheel's), the clone this notebook
+# runs in, or a wheel uploaded beside it (`pip wheel --no-deps .` in a clone makes one).
 import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 
+EXTRAS = ""
 if importlib.util.find_spec("mlesearch") is None:
-    source = os.environ.get("MLESEARCH_SOURCE", "mlesearch")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
+    here = pathlib.Path.cwd()
+    clones = [
+        path
+        for path in (here, *here.parents)
+        if (path / "pyproject.toml").is_file() and (path / "mlesearch" / "__init__.py").is_file()
+    ]
+    wheels = sorted(here.glob("mlesearch-*.whl"))
+    source = os.environ.get("MLESEARCH_SOURCE") or (
+        str(clones[0]) if clones else str(wheels[-1]) if wheels else None
+    )
+    if source is None:
+        raise RuntimeError(
+            "mlesearch is not installed, and it is not on the package index. Do one of: set "
+            "os.environ['MLESEARCH_SOURCE'] = 'git+https://github.com/OWNER/mlesearch' (the "
+            "repository you cloned this notebook from) and run this cell again; upload a wheel "
+            "(made by `pip wheel --no-deps .` in a clone) next to this notebook; or run the "
+            "notebook from inside a clone."
+        )
+    requirement = (
+        f"mlesearch{EXTRAS} @ {source}" if source.startswith("git+") else f"{source}{EXTRAS}"
+    )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True)
 
 # %%
 import jax

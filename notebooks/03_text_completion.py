@@ -16,10 +16,12 @@
 # # Text completion: fine-tuning a language model against degenerate continuations
 #
 # The setting of Welleck & Cho (2020, arXiv 2006.03158), at notebook scale. A small transformer
-# is pretrained by maximum likelihood on English sentences from CPython's own help texts
-# (`pydoc_data.topics`). Given the first few tokens of a held-out sentence, its greedy
-# continuation often loops ("the the the ...") or never emits the end-of-sequence token. Those
-# failures are not differentiable functions of the parameters, so MLE cannot target them.
+# is pretrained by maximum likelihood on English paragraphs from CPython's own help texts
+# (`pydoc_data.topics`) and the docstrings of its standard library: prose paragraphs of two or
+# more sentences, split by source document so that no document is in two splits. Given the first
+# ten tokens of a held-out paragraph, its greedy continuation often loops ("is a value is a value
+# is a value ...") or never emits the end-of-sequence token. Those failures are not
+# differentiable functions of the parameters, so MLE cannot target them.
 #
 # The task loss here is the paper's "MGS-LM" cost: the negative log-likelihood of the model's own
 # greedy continuation under the frozen MLE model, summed up to and including EOS. A continuation
@@ -29,16 +31,40 @@
 # does); the committed outputs come from a full-size run.
 
 # %%
-# On a fresh runtime (Colab), install the library first. MLESEARCH_SOURCE may name a git URL or
-# a local clone instead of the package name.
+# On a fresh runtime (Colab), install the library first. mlesearch is not on the package
+# index, so the cell installs it from, in this order: MLESEARCH_SOURCE (a git URL such as
+# "git+https://github.com/OWNER/mlesearch", a clone's path or a wheel's), the clone this notebook
+# runs in, or a wheel uploaded beside it (`pip wheel --no-deps .` in a clone makes one).
 import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 
+EXTRAS = "[experiments]"
 if importlib.util.find_spec("mlesearch") is None:
-    source = os.environ.get("MLESEARCH_SOURCE", "mlesearch[experiments]")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
+    here = pathlib.Path.cwd()
+    clones = [
+        path
+        for path in (here, *here.parents)
+        if (path / "pyproject.toml").is_file() and (path / "mlesearch" / "__init__.py").is_file()
+    ]
+    wheels = sorted(here.glob("mlesearch-*.whl"))
+    source = os.environ.get("MLESEARCH_SOURCE") or (
+        str(clones[0]) if clones else str(wheels[-1]) if wheels else None
+    )
+    if source is None:
+        raise RuntimeError(
+            "mlesearch is not installed, and it is not on the package index. Do one of: set "
+            "os.environ['MLESEARCH_SOURCE'] = 'git+https://github.com/OWNER/mlesearch' (the "
+            "repository you cloned this notebook from) and run this cell again; upload a wheel "
+            "(made by `pip wheel --no-deps .` in a clone) next to this notebook; or run the "
+            "notebook from inside a clone."
+        )
+    requirement = (
+        f"mlesearch{EXTRAS} @ {source}" if source.startswith("git+") else f"{source}{EXTRAS}"
+    )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", requirement], check=True)
 
 # %%
 import html
@@ -63,7 +89,6 @@ SMALL = os.environ.get("MLESEARCH_SIZE", "full") == "small"
 
 # %%
 config = text_completion_config.get_config()
-config.steps = 150
 if SMALL:
     config.pretrain.steps = 20
     config.pretrain.eval_every = 10
@@ -75,7 +100,7 @@ if SMALL:
 config.checkpoint_every = config.steps
 task = train.get_task(config)
 data = tc.build_data(config.task_config)
-print({split: len(rows) for split, rows in data.splits.items()}, "sentences")
+print({split: len(rows) for split, rows in data.splits.items()}, "paragraph prefixes")
 print("vocabulary:", data.vocab_size, "BPE tokens")
 print(
     "prefix:",
@@ -196,5 +221,6 @@ table.append("</table>")
 display(HTML("".join(table)))
 
 # %% [markdown]
-# The comparison over three seeds, with PG and MRT, is the library's main job: run `mlesearch`
-# in a terminal (about six minutes on two CPU cores), or see the README for its table.
+# The comparison of every row (MLE at two learning rates, MGS, its uniform-weight control, random
+# search, PG and MRT) is the library's main job: run `mlesearch` in a terminal (2 seeds, about a
+# quarter of an hour on two CPU cores), or see the README for its 5-seed table.

@@ -108,8 +108,8 @@ def test_bare_command_runs_the_default_text_completion_comparison(monkeypatch, t
     assert cli.main([]) == 0
     assert calls == {
         "config": "text_completion",
-        "methods": ["mle", "mgs", "pg", "mrt"],
-        "seeds": [0, 1, 2],
+        "methods": None,  # the rows of the config's compare_methods
+        "seeds": list(range(cli.MAIN_JOB_SEEDS)),
         "workdir": Path("mlesearch_runs") / "text_completion",
     }
 
@@ -202,6 +202,16 @@ def test_rows_merge_their_overrides_into_the_config():
     assert cli.resolve_methods(config)[:3] == ["pretrained", "mle", "mle_half_lr"]
     assert cli.resolve_methods(config, ["mgs_uniform", "mle"]) == ["mgs_uniform", "mle"]
     assert cli.resolve_methods(cli.load_config("digits")) == ["mle", "mgs", "pg", "mrt"]
+    assert cli.resolve_methods(cli.load_config("text_completion")) == [
+        "pretrained",
+        "mle",
+        "mle_half_lr",
+        "mgs",
+        "mgs_uniform",
+        "random_search",
+        "pg",
+        "mrt",
+    ]
 
     config.rows.broken = {"method": "mle", "learning_rat": 1.0}
     with pytest.raises(cli.ConfigError, match="config.rows.broken sets config.learning_rat"):

@@ -44,9 +44,10 @@ def _hostile_loss(params, values):
 
 
 @functools.cache
-def _compiled_step(num_candidates, weighting, noise, temperature):
+def _compiled_step(num_candidates, weighting, noise, temperature, chunk_size):
     tx = mls.mgs(
         num_candidates=num_candidates,
+        chunk_size=chunk_size,
         sigma=0.5,
         temperature=temperature,
         weighting=weighting,
@@ -72,19 +73,36 @@ def _compiled_step(num_candidates, weighting, noise, temperature):
 @given(
     spec=tree_specs,
     seed=st.integers(0, 2**16),
-    guide_scale=st.sampled_from((0.0, 1e-3, 1.0, 100.0)),
+    guide_scale=st.sampled_from((0.0, 1e-20, 1e-3, 1.0, 100.0)),
+    guide_poison=st.sampled_from((None, np.nan, np.inf, -np.inf)),
     values=st.tuples(st.floats(-1.0, 1.0, width=32), loss_values, loss_values, loss_values),
     num_candidates=st.sampled_from((1, 4, 6)),
     weighting=st.sampled_from(mls.sampling.WEIGHTINGS),
     noise=st.sampled_from(mls.sampling.NOISE_SCALES),
     temperature=st.sampled_from((1.0, 1e-4, "auto")),
+    chunk_size=st.sampled_from((None, 2)),
 )
 def test_updates_stay_finite_and_keep_structure_and_dtypes(
-    spec, seed, guide_scale, values, num_candidates, weighting, noise, temperature
+    spec,
+    seed,
+    guide_scale,
+    guide_poison,
+    values,
+    num_candidates,
+    weighting,
+    noise,
+    temperature,
+    chunk_size,
 ):
     params = _tree(spec, seed, 1.0)
     guide = _tree(spec, seed + 1, guide_scale)
-    step = _compiled_step(num_candidates, weighting, noise, temperature)
+    if guide_poison is not None:  # a diverged surrogate gradient: one non-finite entry.
+        name = sorted(guide)[0]
+        leaf = guide[name].astype(jnp.float32)
+        guide[name] = (
+            leaf.reshape(-1).at[0].set(guide_poison).reshape(leaf.shape).astype(guide[name].dtype)
+        )
+    step = _compiled_step(num_candidates, weighting, noise, temperature, chunk_size)
     updates, state = step(guide, params, jnp.asarray(values, jnp.float32))
 
     assert jax.tree.structure(updates) == jax.tree.structure(guide)
@@ -98,6 +116,10 @@ def test_updates_stay_finite_and_keep_structure_and_dtypes(
     assert weights.shape == (num_candidates,)
     assert np.all(np.isfinite(weights)) and np.all(weights >= 0)
     assert np.all(weights[~np.isfinite(losses)] == 0)
+    if guide_poison is not None:  # guided candidates get no weight; zero-mean ones still count.
+        num_zero_mean, _ = mls.component_sizes(num_candidates, 0.5)
+        assert np.all(weights[num_zero_mean:] == 0)
+        assert float(info.guide_weight) == 0
     if np.any(np.isfinite(losses)):
         np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-5)
     else:

@@ -211,3 +211,54 @@ def test_unknown_weighting_is_rejected():
         mls.candidate_weights(jnp.zeros(3), jnp.zeros(3), 1.0, "softmax")
     with pytest.raises(ValueError, match="log_proposals"):
         mls.candidate_weights(jnp.zeros(3), None, 1.0, "importance")
+
+
+def test_log_proposal_density_is_finite_and_exact_for_tiny_scales():
+    # σ = 1e-20 on one leaf: 1/σ² overflows float32, the standardised form does not.
+    guide = {"tiny": jnp.full((3,), 2e-20), "big": jnp.array([1.0, -1.0])}
+    scales = {"tiny": jnp.float32(1e-20), "big": jnp.float32(0.5)}
+    delta = {"tiny": jnp.array([1e-20, 3e-20, -1e-20]), "big": jnp.array([0.2, -0.4])}
+    got = mls.log_proposal_density(delta, guide, scales, 0.5)
+    d, u = _flat(delta), _flat(guide)
+    s = np.array([0.5] * 2 + [1e-20] * 3)  # leaves in key order: "big", then "tiny".
+    log_n = lambda mean: np.sum(-0.5 * ((d - mean) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi))
+    expected = special.logsumexp([np.log(0.5) + log_n(0.0), np.log(0.5) + log_n(u)])
+    assert np.isfinite(got)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_relative_scales_ignore_non_finite_guide_entries_and_flush_subnormal_ones():
+    guide = {"a": jnp.array([jnp.nan, 1.0, -3.0, jnp.inf]), "b": jnp.full((2,), 1e-39)}
+    scales = mls.proposal_scales(guide, 0.5, "relative")
+    np.testing.assert_allclose(scales["a"], 0.5 * 2.0)
+    assert float(scales["b"]) == 0.0
+
+
+def test_zero_mean_candidates_stay_finite_when_the_guide_is_not():
+    guide = {"a": jnp.array([jnp.nan, 1.0]), "b": jnp.array([jnp.inf])}
+    scales = {"a": jnp.float32(0.1), "b": jnp.float32(0.1)}
+    deltas = mls.sample_candidates(jax.random.key(0), guide, scales, 4, 0.5)
+    chex.assert_tree_all_finite(jax.tree.map(lambda d: d[:2], deltas))
+
+
+def test_auto_temperature_takes_the_first_crossing_when_the_ess_is_not_monotone():
+    # Importance weights: the worst candidate has a tiny q, so as α grows its 1/q takes all the
+    # weight and the ESS falls back to 1. The target (2 of 4) is reached on the way up, at an α
+    # where the best candidate still weighs at least as much as the worst.
+    losses = jnp.array([0.0, 1.0, 2.0, 3.0])
+    log_q = jnp.array([0.0, 0.0, 0.0, -5.0])
+    alpha = mls.auto_temperature(losses, log_q, 0.5, "importance")
+    weights = mls.candidate_weights(losses, log_q, alpha, "importance")
+    np.testing.assert_allclose(mls.effective_sample_size(weights), 2.0, rtol=1e-3)
+    assert weights[0] >= weights[3]
+    # Far past the crossing the worst candidate takes almost everything: not what auto picks.
+    far = mls.candidate_weights(losses, log_q, 100.0, "importance")
+    assert far[3] > 0.95
+
+
+def test_auto_temperature_counts_only_the_usable_candidates():
+    losses = jnp.array([0.0, 1.0, 2.0, 3.0, jnp.nan, jnp.nan, jnp.inf, jnp.nan])
+    alpha = mls.auto_temperature(losses, None, 0.5, "tilted")
+    weights = mls.candidate_weights(losses, None, alpha, "tilted")
+    np.testing.assert_allclose(mls.effective_sample_size(weights), 2.0, rtol=1e-3)
+    assert weights[0] > weights[3]

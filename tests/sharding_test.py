@@ -35,13 +35,16 @@ SCRIPT = textwrap.dedent(
     def ce(p, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y).mean()
 
-    def run(mgs, x, y):
+    def shrink(p, x, y):  # a guide whose gradient needs no batch (see the Explicit case below)
+        return 0.5 * jnp.sum(p["w"] ** 2) + jnp.sum(p["b"])
+
+    def run(mgs, x, y, surrogate=ce):
         tx = optax.chain(optax.adam(0.1), mgs)
         state = tx.init(params)
 
         @jax.jit
         def step(p, state, x, y):
-            g = jax.grad(ce)(p, x, y)
+            g = jax.grad(surrogate)(p, x, y)
             u, state = tx.update(g, state, p, task_loss_fn=error, x=x, y=y)
             return optax.apply_updates(p, u), state
 
@@ -71,10 +74,26 @@ SCRIPT = textwrap.dedent(
         jax.device_put(x, batch),
         jax.device_put(y, batch),
     )
+
+    # The same mesh with jax.make_mesh's default (Explicit) axis types, the batch sharded over it.
+    # Under Explicit axes the user's own code must say how a contraction over the sharded batch
+    # is sharded, so the guide here comes from a loss without the batch.
+    mesh3 = jax.make_mesh((2, 2), ("data", "candidates"))
+    explicit_types = [str(t) for t in mesh3.axis_types]
+    batch3 = NamedSharding(mesh3, P("data"))
+    plain, _, _ = run(mls.mgs(**kwargs), x, y, surrogate=shrink)
+    explicit, _, _ = run(
+        mls.mgs(**kwargs, mesh=mesh3, candidate_axis="candidates"),
+        jax.device_put(x, batch3),
+        jax.device_put(y, batch3),
+        surrogate=shrink,
+    )
     per_device = 8 if chunk_size is None else min(chunk_size, 8)
     print(json.dumps(dict(
         one_axis=max_diff(reference, sharded),
         two_axes=max_diff(reference, both),
+        explicit=max_diff(plain, explicit),
+        explicit_types=explicit_types,
         losses_spec=losses_spec,
         # Each device computes the logits of (its share of candidates, batch rows, classes).
         local_logits=bool(re.search(rf"f32\\[{per_device // 4 or 1},64,3\\]", hlo)),
@@ -99,6 +118,8 @@ def test_candidates_sharded_over_four_devices_match_one_device(chunk_size):
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["one_axis"] < 1e-5, out
     assert out["two_axes"] < 1e-5, out
+    assert "AxisType.Explicit" in out["explicit_types"], out
+    assert out["explicit"] < 1e-5, out
     if chunk_size is None:
         assert "candidates" in out["losses_spec"], out
     assert out["local_logits"], out

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mlesearch import metrics
 from mlesearch.configs import text_completion as text_completion_config
 from mlesearch.decoding import DecodeOutput, sample_decode, transformer_decoder
 from mlesearch.tasks import text_completion as tc
@@ -316,6 +317,7 @@ EVALUATE_KEYS = {
     "avg_len_ref",
     "seq_rep_4_ref",
     "mle_loss",
+    "num_examples",
 }
 
 
@@ -323,6 +325,7 @@ def test_evaluate_returns_documented_finite_metrics(task: Task, params: dict) ->
     for split in ("valid", "test"):
         results = task.evaluate(params, params, split)
         assert set(results) == EVALUATE_KEYS
+        assert results.pop("num_examples") == 8
         assert all(isinstance(v, float) and math.isfinite(v) for v in results.values())
     assert {metric.name for metric in task.metrics} <= EVALUATE_KEYS
     assert task.primary_metric in EVALUATE_KEYS
@@ -384,3 +387,105 @@ def test_repetition_costs() -> None:
     np.testing.assert_allclose(costs, [6 / 7 + 1, 1 / 5, 0.0, 1.0], rtol=1e-6)
     with pytest.raises(ValueError, match="task_loss"):
         tc.continuation_costs("bleu", None, None, None, continuation, lengths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paragraphs: the paper's setting.
+
+
+def test_clean_paragraphs_keeps_multi_sentence_prose() -> None:
+    text = (
+        "Return the value. It may be cached for\nlater calls.\n\n"
+        "A single sentence here.\n\n"
+        ">>> f()\n3\n\n"
+        "Raises an error when the key is missing. See *KeyError* for details."
+    )
+    assert tc.clean_paragraphs(text, min_words=3) == [
+        "Return the value. It may be cached for later calls.",
+        "Raises an error when the key is missing. See KeyError for details.",
+    ]
+    assert tc.clean_paragraphs(text, min_words=3, min_sentences=1)[1] == "A single sentence here."
+
+
+def test_paragraphs_are_split_by_document_without_overlap() -> None:
+    documents = tc.load_paragraphs("topics+docstrings")
+    assert any(name.startswith("stdlib:") for name in documents)
+    assert any(name.startswith("topic:") for name in documents)
+    paragraphs = [p for kept in documents.values() for p in kept]
+    assert len(paragraphs) == len(set(paragraphs)) > 1500
+    splits = tc.split_documents(documents, 0.3)
+    assert sorted(p for split in splits.values() for p in split) == sorted(paragraphs)
+    owner = {p: name for name, kept in documents.items() for p in kept}
+    split_of_document = {}
+    for split, kept in splits.items():
+        for paragraph in kept:
+            assert split_of_document.setdefault(owner[paragraph], split) == split
+    shuffled = dict(random.Random(0).sample(list(documents.items()), len(documents)))
+    assert tc.split_documents(shuffled, 0.3) == splits
+    assert len(tc.load_paragraphs("topics")) < len(documents)
+
+
+def test_held_out_paragraphs_give_a_row_per_prefix_offset(data: tc.TextCompletionData) -> None:
+    texts = ["The first paragraph has several words in it. It ends here."]
+    tokens, kept = tc.encode_with_offsets(data.tokenizer, texts, (0, 3), 2, 40)
+    ids = data.tokenizer.encode(texts[0]).ids
+    assert kept == texts * 2 and tokens.shape == (2, 41)
+    np.testing.assert_array_equal(tokens[0, : len(ids)], ids)
+    np.testing.assert_array_equal(tokens[1, : len(ids) - 3], ids[3:])
+    assert tokens[1, len(ids) - 3] == tc.EOS_ID
+    assert tc.encode_with_offsets(data.tokenizer, texts, (0,), 2, len(ids) - 1)[0].shape[0] == 0
+
+
+def test_decoding_budget_cuts_continuations() -> None:
+    references = jnp.array([[5, 6, tc.EOS_ID, 0, 0, 0], [5, 6, 7, 8, tc.EOS_ID, 0]])
+    budget = tc.decode_budget(references, 1.3)
+    assert int(budget) == 7  # ceil(1.3 * 5), the longest reference with its EOS
+    continuation = jnp.array([[9, 9, 9, 9, 9, 9, 9, 9, 9], [9, tc.EOS_ID, 0, 0, 0, 0, 0, 0, 0]])
+    cut, lengths = tc.cut_at_budget(continuation, jnp.array([9, 2]), budget)
+    np.testing.assert_array_equal(cut[0], [9] * 7 + [0, 0])
+    np.testing.assert_array_equal(lengths, [7, 2])
+    assert float(metrics.non_termination(cut, eos_id=tc.EOS_ID)[0]) == 1.0
+
+
+def paragraph_config(cache_dir: str) -> ml_collections.ConfigDict:
+    config = tiny_config(cache_dir)
+    config.unit = "paragraph"
+    config.sources = "topics+docstrings"
+    config.min_sentences = 2
+    config.prefix_offsets = (0, 4)
+    config.min_tokens = 8
+    config.max_tokens = 40
+    config.heldout_fraction = 0.3
+    config.num_valid = 10
+    config.num_test = 10
+    config.max_decode_len = 2 * (40 + 1 - 3)
+    config.train_decode_scale = 1.3
+    return config
+
+
+def test_paragraph_task_decodes_within_the_batch_budget(cache_dir: str) -> None:
+    config = paragraph_config(cache_dir)
+    task = tc.make_task(config)
+    assert tc.train_decode_len(config) == 50  # ceil(1.3 * 38)
+    params = task.init_params(jax.random.key(0))
+    batch = jax.jit(task.train_batch)(jax.random.key(1))
+    loss = jax.jit(task.task_loss)(params, batch, params)
+    assert np.isfinite(float(loss)) and float(loss) > 0
+    samples = jax.jit(task.sample, static_argnums=3)(params, batch, jax.random.key(2), 2, params)
+    assert samples.costs.shape == (BATCH, 2)
+    metrics_valid = task.evaluate(params, params, "valid")
+    assert metrics_valid["num_examples"] == 10
+    assert task.evaluate_mle(params, "valid") == pytest.approx(metrics_valid["mle_loss"], 1e-5)
+
+
+def test_bad_paragraph_settings_are_reported(cache_dir: str) -> None:
+    config = paragraph_config(cache_dir)
+    config.train_decode_scale = 0.5
+    with pytest.raises(ValueError, match="train_decode_scale"):
+        tc.make_task(config)
+    config = paragraph_config(cache_dir)
+    config.unit = "page"
+    with pytest.raises(ValueError, match="unit must be one of"):
+        tc.make_task(config)
+    with pytest.raises(ValueError, match="sources must be one of"):
+        tc.load_paragraphs("wikipedia")

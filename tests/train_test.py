@@ -5,6 +5,7 @@ tests run: they change nothing in what is computed, and halve the compilation ti
 such short runs.
 """
 
+import dataclasses
 import json
 import math
 
@@ -243,3 +244,24 @@ def test_bad_mgs_settings_are_reported_before_pretraining():
         train.check_config(tiny_config("mgs", **{"mgs.probe_scale": 0.0}))
     with pytest.raises(ValueError, match="config.mgs: weighting must be one of"):
         train.check_config(tiny_config("random_search", **{"mgs.weighting": "best"}))
+
+
+def test_evaluations_of_equal_parameters_are_computed_once(pretrained_dir):
+    config = tiny_config("mle")
+    task = train.get_task(config)
+    reference, _ = train.pretrain(config, pretrained_dir, progress=False)
+    calls = []
+
+    def counting_evaluate(params, ref, split):
+        calls.append(split)
+        return task.evaluate(params, ref, split)
+
+    counted = dataclasses.replace(task, evaluate=counting_evaluate)
+    first = train.evaluate(counted, reference, reference, "valid")
+    copy = jax.tree.map(lambda x: x + 0, reference)  # equal values, other arrays
+    assert train.evaluate(counted, copy, reference, "valid") == first
+    assert calls == ["valid"]
+    train.evaluate(counted, reference, reference, "test")
+    moved = jax.tree.map(lambda x: x + 1e-3, reference)
+    assert train.evaluate(counted, moved, reference, "valid") != first
+    assert calls == ["valid", "test", "valid"]

@@ -269,6 +269,76 @@ def test_relative_noise_with_a_zero_guide_leaf_stays_finite():
     np.testing.assert_allclose(state.info.weights.sum(), 1.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 2])
+@pytest.mark.parametrize("weighting", ["importance", "tilted", "uniform"])
+@pytest.mark.parametrize("noise", ["absolute", "relative"])
+def test_non_finite_guide_keeps_the_zero_mean_candidates(chunk_size, weighting, noise):
+    params = {"a": jnp.array([1.0, 2.0, -1.0]), "b": jnp.array([0.5, 0.5])}
+    guide = {"a": jnp.array([jnp.nan, 0.1, -0.2]), "b": jnp.array([jnp.inf, 0.3])}
+    tx = mls.mgs(
+        num_candidates=8, sigma=0.5, weighting=weighting, noise=noise, chunk_size=chunk_size, key=0
+    )
+    updates, state = _step(tx, guide, params, lambda p: jnp.sum(p["a"] ** 2) + jnp.sum(p["b"]))
+    chex.assert_tree_all_finite(updates)
+    assert float(jnp.abs(updates["a"]).sum()) > 0  # the zero-mean candidates still searched.
+    chex.assert_tree_all_finite(state.info.candidate_losses[:4])
+    chex.assert_trees_all_equal(state.info.weights[4:], jnp.zeros(4))
+    np.testing.assert_allclose(state.info.weights[:4].sum(), 1.0, rtol=1e-6)
+    assert float(state.info.guide_weight) == 0.0
+    # The update is the weighted mean of the zero-mean candidates, drawn as with a zero guide.
+    finite_guide = jax.tree.map(lambda u: jnp.where(jnp.isfinite(u), u, 0.0), guide)
+    scales = mls.proposal_scales(guide, 0.5, noise)
+    step_key = jax.random.split(tx.init(params).key)[1]
+    deltas = mls.sample_candidates(step_key, finite_guide, scales, 8, 0.5)
+    expected = jax.tree.map(lambda d: jnp.tensordot(state.info.weights, d, axes=1), deltas)
+    chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_tiny_relative_scale_does_not_stop_the_search():
+    # mean|u| = 1e-20 on one leaf: 1/σ² overflows float32 there.
+    params = {"tiny": jnp.ones(3), "big": jnp.array([1.0, -2.0])}
+    guide = {"tiny": jnp.full((3,), 1e-20), "big": jnp.array([-0.5, 1.0])}
+    tx = mls.mgs(num_candidates=8, noise="relative", weighting="importance", key=0)
+    updates, state = _step(tx, guide, params, lambda p: jnp.sum(p["big"] ** 2))
+    chex.assert_tree_all_finite(updates)
+    assert float(jnp.abs(updates["big"]).sum()) > 0
+    np.testing.assert_allclose(state.info.weights.sum(), 1.0, rtol=1e-6)
+    assert float(state.info.ess) > 1.0
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_bfloat16_params_use_the_rounded_perturbations(chunk_size):
+    # Around 100 bfloat16 values are 0.5 apart, so most of a 0.2-sized perturbation rounds away.
+    params = jnp.array([100.0, -100.0, 0.25], jnp.bfloat16)
+    guide = jnp.array([0.3, -0.3, 0.1], jnp.bfloat16)
+    tx = mls.mgs(num_candidates=6, sigma=0.2, weighting="tilted", chunk_size=chunk_size, key=1)
+    loss = lambda p: jnp.sum(jnp.abs(p.astype(jnp.float32) - jnp.array([101.0, -99.0, 0.0])))
+    updates, state = _step(tx, guide, params, loss)
+    step_key = jax.random.split(tx.init(params).key)[1]
+    scales = mls.proposal_scales(guide, 0.2, "absolute")
+    deltas = mls.sample_candidates(step_key, guide, scales, 6, 0.5)
+    wide = params.astype(jnp.float32)
+    rounded = (wide + deltas).astype(jnp.bfloat16).astype(jnp.float32)
+    expected_losses = jax.vmap(loss)(rounded)
+    np.testing.assert_allclose(state.info.candidate_losses, expected_losses, rtol=1e-6)
+    expected = jnp.tensordot(state.info.weights, rounded - wide, axes=1)
+    unrounded = jnp.tensordot(state.info.weights, deltas, axes=1)
+    assert float(jnp.max(jnp.abs(expected - unrounded))) > 0.05  # the check can tell them apart
+    assert updates.dtype == jnp.bfloat16
+    np.testing.assert_allclose(
+        updates.astype(jnp.float32), expected.astype(jnp.bfloat16).astype(jnp.float32), rtol=1e-6
+    )
+
+
+def test_params_without_leaves_or_with_integer_leaves_are_rejected():
+    tx = mls.mgs()
+    with pytest.raises(ValueError, match="no array leaves"):
+        tx.update({}, tx.init({}), {}, task_loss_fn=lambda p: jnp.float32(0.0))
+    params = {"w": jnp.ones(2), "step": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ValueError, match=r"\['step'\].*int32"):
+        tx.update(params, tx.init(params), params, task_loss_fn=lambda p: jnp.sum(p["w"]))
+
+
 def test_antithetic_candidates_are_mirrored():
     tx = mls.mgs(num_candidates=4, antithetic=True, mix=0.5, sigma=0.3, key=0)
     guide = jnp.array([0.2, 0.0])
@@ -503,6 +573,9 @@ def test_chunk_size_bounds_temporary_memory():
         (dict(sigma=-1.0), "sigma"),
         (dict(temperature=0.0), "temperature"),
         (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(sigma=float("inf")), "sigma"),
+        (dict(sigma=float("nan")), "sigma"),
         (dict(temperature="hot"), "temperature"),
         (dict(mix=1.5), "mix"),
         (dict(mix=-0.1), "mix"),

@@ -1,14 +1,18 @@
 """Text completion: fine-tune a small language model against degenerate greedy continuations.
 
 The language-modelling experiment of Welleck & Cho, "MLE-guided parameter search for task loss
-minimization in neural sequence modeling" (AAAI 2021, arXiv 2006.03158), at laptop scale: a small
-transformer is pretrained by MLE on English sentences from CPython's help texts, then fine-tuned
-so that its greedy continuations of sentence prefixes repeat less and end (seq-rep-4 and
-non-termination), scored by the task loss of `mlesearch.tasks.text_completion`.
+minimization in neural sequence modeling" (AAAI 2021, arXiv 2006.03158), at laptop scale and at the
+paper's settings: a small transformer is pretrained by MLE on prose paragraphs of CPython's help
+texts and standard-library docstrings, then fine-tuned so that its greedy continuations of
+10-token prefixes repeat less and end (seq-rep-4 and non-termination), scored by the task loss of
+`mlesearch.tasks.text_completion` (the summed NLL of the continuation under the MLE model). During
+fine-tuning continuations are cut at 1.3 times the batch's longest reference; evaluation decodes
+twice the longest possible reference, on 500 validation and 690 test prefixes.
 
-Sized for two CPU cores: pretraining stops after a few hundred steps (under a minute), a fine-tuning
-run of MGS takes about 22 seconds and one of PG or MRT about 38, and the default comparison
-(``mlesearch``: mle, mgs, pg and mrt over 3 seeds) took 361 seconds on a 2-core machine.
+Sized for two CPU cores: pretraining takes about half a minute, a fine-tuning run of MGS about 30
+seconds and one of PG or MRT about 45, and every row over 3 seeds took 16 minutes on a 2-core
+machine, so the bare ``mlesearch`` command runs 2 seeds and ``mlesearch compare text_completion
+--seeds 5`` the README's table.
 """
 
 import ml_collections
@@ -20,18 +24,28 @@ def get_config() -> ml_collections.ConfigDict:
     """Returns the text completion config: `base_config()` plus the task's own fields.
 
     ``task_config`` fields:
+      unit: ``"paragraph"`` (the paper's setting) or ``"sentence"``: what one example is.
+      sources: ``"topics+docstrings"`` (CPython's help topics and the standard library's
+        docstrings) or ``"topics"``; paragraphs only.
+      min_sentences: the fewest sentences a kept paragraph has.
+      prefix_offsets: the token offsets at which held-out paragraphs are cut into prefixes (one
+        validation or test example per offset; training paragraphs start at 0).
       vocab_size: byte-pair-encoding vocabulary size, ``<pad>`` and ``<eos>`` included.
       min_words: the fewest words a corpus sentence needs to be kept.
-      min_tokens, max_tokens: the token-length range of kept sentences (EOS excluded).
-      heldout_fraction: the expected share of sentences held out (by a hash of their text) for
-        ``valid`` and ``test``.
-      num_train: training sentences to keep (0: all that pass the length filter).
-      num_valid: validation sentences (the periodic evaluations; keep it small).
-      num_test: test sentences (0: every held-out sentence after the validation ones).
+      min_tokens, max_tokens: the token-length range of kept examples (EOS excluded).
+      heldout_fraction: the expected share held out for ``valid`` and ``test``: of sentences by
+        a hash of their text, or of documents by a hash of their name (paragraphs; half of them
+        each, so that no document is in two splits).
+      num_train: training examples to keep (0: all that pass the length filter).
+      num_valid: validation examples (the periodic evaluations and checkpoint selection).
+      num_test: test examples (0: every held-out one after the validation ones).
       cache_dir: where the trained tokenizer is cached ("": ``~/.cache/mlesearch/...``).
-      prefix_len: tokens of each sentence given as the prompt.
-      max_decode_len: the most tokens generated after a prefix, at training and evaluation time
-        alike; at least the longest reference continuation, ``max_tokens + 1 - prefix_len``.
+      prefix_len: tokens of each example given as the prompt.
+      max_decode_len: the most tokens generated after a prefix at evaluation time; at least the
+        longest reference continuation, ``max_tokens + 1 - prefix_len`` (here twice it).
+      train_decode_scale: during fine-tuning, decode at most this multiple of the longest
+        reference continuation of the batch, as the paper's released code does (0: decode
+        ``max_decode_len`` tokens).
       num_layers, num_heads, embed_dim, mlp_dim: the `mlesearch.models.TransformerLM`.
       batch_size: sentences per batch of ``train_batch`` (the training loop draws as many batches
         as ``config.batch_size`` and ``config.pretrain.batch_size`` need).
@@ -41,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
       rep_n: n of seq-rep-n in the ``"repetition"`` task loss.
       sample_temperature: temperature of the samples drawn for ``pg`` and ``mrt``.
       dedupe_samples: whether ``sample`` masks out repeated samples of an input.
-      eval_batch_size: sentences per jitted evaluation chunk.
+      eval_batch_size: examples per jitted evaluation chunk.
     """
     config = base_config()
     config.task = "text_completion"
@@ -54,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.pretrain.eval_every = 50
     config.pretrain.patience = 3
 
-    config.steps = 150
+    config.steps = 100
     config.learning_rate = 1e-4
     config.batch_size = 16
     config.eval_every = 50
@@ -77,17 +91,22 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.task_config = ml_collections.ConfigDict(
         dict(
+            unit="paragraph",
+            sources="topics+docstrings",
+            min_sentences=2,
+            prefix_offsets=(0, 8, 16),
             vocab_size=1024,
             min_words=4,
-            min_tokens=8,
-            max_tokens=28,
-            heldout_fraction=0.25,
+            min_tokens=20,
+            max_tokens=64,
+            heldout_fraction=0.3,
             num_train=0,
-            num_valid=64,
+            num_valid=500,
             num_test=0,
             cache_dir="",
-            prefix_len=5,
-            max_decode_len=48,
+            prefix_len=10,
+            max_decode_len=110,
+            train_decode_scale=1.3,
             num_layers=2,
             num_heads=4,
             embed_dim=64,
@@ -97,7 +116,22 @@ def get_config() -> ml_collections.ConfigDict:
             rep_n=4,
             sample_temperature=1.0,
             dedupe_samples=False,
-            eval_batch_size=64,
+            eval_batch_size=256,
         )
     )
+
+    lr = config.learning_rate
+    config.rows = ml_collections.ConfigDict(
+        {
+            "pretrained": {"method": "pretrained"},
+            "mle": {"method": "mle"},
+            "mle_half_lr": {"method": "mle", "learning_rate": lr / 2},
+            "mgs": {"method": "mgs"},
+            "mgs_uniform": {"method": "mgs", "mgs": {"weighting": "uniform"}},
+            "random_search": {"method": "random_search"},
+            "pg": {"method": "pg"},
+            "mrt": {"method": "mrt"},
+        }
+    )
+    config.compare_methods = "pretrained,mle,mle_half_lr,mgs,mgs_uniform,random_search,pg,mrt"
     return config

@@ -82,6 +82,9 @@ class Task:
         example outputs in plain text.
       trainable: optional ``trainable(params) -> tree of bool`` (the structure of ``params``):
         which leaves fine-tuning may change. None: all of them. Pretraining trains every leaf.
+      evaluate_mle: optional ``evaluate_mle(params, split) -> float``, the split's MLE loss
+        alone, for tasks whose full ``evaluate`` is costly (decoding); pretraining's early
+        stopping then watches it instead of ``evaluate``'s ``"nll"`` or ``"mle_loss"``.
       post_hoc: named post-hoc corrections, ``fn(params, reference) -> (params, info)``, fitted
         on the validation split after fine-tuning (``config.post_hoc`` picks one); ``info`` is a
         JSON-able record of what was chosen.
@@ -98,6 +101,7 @@ class Task:
     primary_metric: str = "task_loss"
     describe: Callable[[Params, Params, str, int], str] | None = None
     trainable: Callable[[Params], Any] | None = None
+    evaluate_mle: Callable[[Params, str], float] | None = None
     post_hoc: Mapping[str, Callable[[Params, Params], tuple[Params, dict[str, Any]]]] = (
         # Left out of hashing: the training loop caches compiled steps by task.
         dataclasses.field(default_factory=dict, hash=False, compare=False)

@@ -1,12 +1,26 @@
-r"""Text completion: continue English sentences without repeating or running on.
+r"""Text completion: continue English paragraphs (or sentences) without repeating or running on.
 
 The language-modelling setting of [1] at laptop scale. A small `models.TransformerLM` is trained by
-maximum likelihood on English sentences, then fine-tuned so that its greedy continuations of
-sentence prefixes degenerate less (fewer repeated n-grams [3], fewer continuations that never end
-[2]) while its perplexity on human text holds.
+maximum likelihood on English text, then fine-tuned so that its greedy continuations of
+prefixes degenerate less (fewer repeated n-grams [3], fewer continuations that never end [2])
+while its perplexity on human text holds.
 
-Data
-----
+Data: paragraphs (``unit="paragraph"``, the paper's setting)
+-------------------------------------------------------------
+The documents are CPython's help topics (``pydoc_data.topics``) and, with
+``sources="topics+docstrings"``, the docstrings of every module of the standard library, read with
+``ast`` from the installed sources (`stdlib_docstrings`), so nothing is downloaded and nothing is
+imported. `load_paragraphs` keeps the prose paragraphs of at least ``min_sentences`` sentences
+(`clean_paragraphs`), each once, and `split_documents` assigns whole documents to train, valid
+or test by a hash of their name, so that no document is in two splits. Training examples are
+whole paragraphs; each held-out paragraph gives one prefix per entry of ``prefix_offsets``
+(`encode_with_offsets`). During fine-tuning, continuations are decoded for at most
+``train_decode_scale`` times the longest reference continuation of the batch, as in the
+released code of [1] (`decode_budget`, `cut_at_budget`); evaluation decodes ``max_decode_len``
+tokens.
+
+Data: sentences (``unit="sentence"``)
+-------------------------------------
 The corpus is the English help text that ships with every CPython, ``pydoc_data.topics.topics``
 (the pages behind ``help("with")`` and friends), so nothing is downloaded. `load_sentences` folds
 it to ASCII, drops code blocks, grammar rules, interactive sessions and underlines, joins the
@@ -87,8 +101,10 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import os
 import re
 import string
@@ -113,6 +129,8 @@ PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
 TASK_LOSSES = ("lm", "repetition")
 SPLITS = ("train", "valid", "test")
+UNITS = ("sentence", "paragraph")
+SOURCES = ("topics", "topics+docstrings")
 # Changing how sentences are cleaned or the tokenizer is set up must change this, so that cached
 # tokenizers built the old way are not reused.
 _FORMAT_VERSION = 1
@@ -194,22 +212,171 @@ def clean_topics(topics: Mapping[str, str], min_words: int = 4) -> list[str]:
     """
     sentences: set[str] = set()
     for name in sorted(topics):
-        text = fold_to_ascii(topics[name])
-        for paragraph in re.split(r"\n\s*\n", text):
-            lines = paragraph.split("\n")
-            if any(_CODE_LINE.search(line) for line in lines):
-                continue
-            if any(_UNDERLINE.fullmatch(line.strip()) for line in lines):
-                continue
-            joined = " ".join(line.strip() for line in lines)
-            joined = _LIST_MARKER.sub("", joined)
-            joined = re.sub(r"\*+([^*\s][^*]*?)\*+", r"\1", joined)
-            joined = re.sub(r"\s+", " ", joined).strip()
+        for joined in _text_paragraphs(topics[name]):
             for sentence in _split_into_sentences(joined):
                 sentence = sentence.strip()
                 if sentence and _is_prose(sentence, min_words):
                     sentences.add(sentence)
     return sorted(sentences)
+
+
+def _text_paragraphs(text: str) -> list[str]:
+    """The paragraphs of a help text or docstring that are not code, each on one line.
+
+    Paragraphs (blocks separated by blank lines) that contain code, grammar rules (``::=``),
+    interactive sessions (``>>>``) or heading underlines are dropped; the others are folded to
+    ASCII and joined into one line, stripped of list markers and of reStructuredText emphasis.
+    """
+    out = []
+    for paragraph in re.split(r"\n\s*\n", fold_to_ascii(text)):
+        lines = paragraph.split("\n")
+        if any(_CODE_LINE.search(line) for line in lines):
+            continue
+        if any(_UNDERLINE.fullmatch(line.strip()) for line in lines):
+            continue
+        joined = " ".join(line.strip() for line in lines)
+        joined = _LIST_MARKER.sub("", joined)
+        joined = re.sub(r"\*+([^*\s][^*]*?)\*+", r"\1", joined)
+        joined = re.sub(r"\s+", " ", joined).strip()
+        if joined:
+            out.append(joined)
+    return out
+
+
+def clean_paragraphs(text: str, min_words: int = 4, min_sentences: int = 2) -> list[str]:
+    """Extracts the prose paragraphs of a help text or docstring.
+
+    A paragraph is kept when it has at least ``min_sentences`` sentences and every one of them
+    looks like prose (see `clean_topics`).
+
+    Args:
+      text: a help text or docstring.
+      min_words: the fewest words each sentence of a kept paragraph has.
+      min_sentences: the fewest sentences a kept paragraph has.
+
+    Returns:
+      The kept paragraphs, in order, each on one line with single spaces.
+    """
+    kept = []
+    for joined in _text_paragraphs(text):
+        sentences = [s.strip() for s in _split_into_sentences(joined)]
+        if len(sentences) >= min_sentences and all(_is_prose(s, min_words) for s in sentences):
+            kept.append(" ".join(sentences))
+    return kept
+
+
+# Parts of the standard library whose docstrings are not user documentation (tests, the IDLE and
+# Tk code, vendored packages) or that are not there on every installation.
+_STDLIB_SKIP = ("test", "tests", "idlelib", "site-packages", "lib2to3", "tkinter", "turtledemo")
+
+
+def stdlib_docstrings() -> dict[str, str]:
+    """The docstrings of the standard library's Python modules, read with ``ast`` (no import).
+
+    Parsing the whole standard library takes seconds, so the result is computed once per process.
+
+    Returns:
+      ``{path relative to the standard library: the module's, classes' and functions'
+      docstrings joined by blank lines}``, for every module that parses, in sorted order.
+    """
+    return dict(_parse_stdlib_docstrings())
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_stdlib_docstrings() -> dict[str, str]:
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    documents = {}
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        parts = relative.parts
+        if any(part in _STDLIB_SKIP or part.startswith(("config-", ".")) for part in parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError, OSError):
+            continue
+        docstrings = [
+            ast.get_docstring(node) or ""
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        ]
+        text = "\n\n".join(d for d in docstrings if d)
+        if text:
+            documents[relative.as_posix()] = text
+    return documents
+
+
+def load_paragraphs(
+    sources: str = "topics+docstrings", min_words: int = 4, min_sentences: int = 2
+) -> dict[str, list[str]]:
+    """The prose paragraphs of CPython's help texts (and standard library docstrings), by document.
+
+    Documents are ``"topic:<name>"`` (``pydoc_data.topics``) and ``"stdlib:<path>"`` (one module's
+    docstrings). A paragraph found in several documents is kept in the first, in sorted order of
+    the document names, so that it cannot land in two splits.
+
+    Args:
+      sources: ``"topics"`` or ``"topics+docstrings"``.
+      min_words: see `clean_paragraphs`.
+      min_sentences: see `clean_paragraphs`.
+
+    Returns:
+      ``{document: [paragraph, ...]}`` for the documents that keep at least one paragraph.
+    """
+    from pydoc_data.topics import topics
+
+    if sources not in SOURCES:
+        raise ValueError(f"sources must be one of {SOURCES}, got {sources!r}.")
+    texts = {f"topic:{name}": text for name, text in topics.items()}
+    if sources == "topics+docstrings":
+        texts.update({f"stdlib:{name}": text for name, text in stdlib_docstrings().items()})
+    seen: set[str] = set()
+    documents = {}
+    for name in sorted(texts):
+        kept = []
+        for paragraph in clean_paragraphs(texts[name], min_words, min_sentences):
+            if paragraph not in seen:
+                seen.add(paragraph)
+                kept.append(paragraph)
+        if kept:
+            documents[name] = kept
+    return documents
+
+
+def split_documents(
+    documents: Mapping[str, Sequence[str]], heldout_fraction: float
+) -> dict[str, list[str]]:
+    """Splits paragraphs into train, valid and test by a hash of their document's name.
+
+    A document goes to ``test`` when the SHA-1 of its name, read as a fraction of 2**160, is
+    below ``heldout_fraction / 2``, to ``valid`` when it is below ``heldout_fraction``, and to
+    ``train`` otherwise; no document has paragraphs in two splits.
+
+    Args:
+      documents: ``{document: [paragraph, ...]}``, as `load_paragraphs` returns.
+      heldout_fraction: the expected share of documents held out, in ``(0, 1)``.
+
+    Returns:
+      ``{"train", "valid", "test"}`` to lists of paragraphs, in the hash order of their
+      documents (then in document order).
+    """
+    if not 0.0 < heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}.")
+    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for name in sorted(documents, key=lambda d: (_unit_hash(d), d)):
+        fraction = _unit_hash(name)
+        split = (
+            "test"
+            if fraction < heldout_fraction / 2
+            else "valid"
+            if fraction < heldout_fraction
+            else "train"
+        )
+        splits[split].extend(documents[name])
+    return splits
 
 
 def load_sentences(min_words: int = 4) -> list[str]:
@@ -395,13 +562,86 @@ def encode_sentences(
     return tokens, kept
 
 
+def encode_with_offsets(
+    tokenizer: Any,
+    texts: Sequence[str],
+    offsets: Sequence[int],
+    min_tokens: int,
+    max_tokens: int,
+) -> tuple[np.ndarray, list[str]]:
+    """Encodes texts and makes one row per text and offset: the tokens from the offset on.
+
+    A paragraph held out for evaluation gives several prefixes this way: the row of offset ``o``
+    starts at its token ``o``, so its prefix is tokens ``o .. o + prefix_len`` and its reference
+    continuation the rest of the paragraph. Rows are kept when they have ``min_tokens`` to
+    ``max_tokens`` tokens (EOS excluded).
+
+    Args:
+      tokenizer: a tokenizer from `train_tokenizer`.
+      texts: the texts, in order.
+      offsets: token offsets, each >= 0; rows come text by text, offset by offset.
+      min_tokens: the fewest tokens (EOS excluded) a kept row has.
+      max_tokens: the most tokens (EOS excluded) a kept row has.
+
+    Returns:
+      ``(tokens, kept)``: int32 ids of shape ``(rows, max_tokens + 1)``, each row its tokens,
+      EOS, then ``PAD_ID``; and the text each row comes from.
+    """
+    rows, kept = [], []
+    for text, encoding in zip(texts, tokenizer.encode_batch(list(texts)), strict=True):
+        for offset in offsets:
+            ids = encoding.ids[offset:]
+            if min_tokens <= len(ids) <= max_tokens:
+                rows.append(ids + [EOS_ID] + [PAD_ID] * (max_tokens - len(ids)))
+                kept.append(text)
+    tokens = np.asarray(rows, np.int32).reshape(len(rows), max_tokens + 1)
+    return tokens, kept
+
+
+def _paragraph_data(config: Any) -> TextCompletionData:
+    splits_text = split_documents(
+        load_paragraphs(config.sources, config.min_words, config.min_sentences),
+        config.heldout_fraction,
+    )
+    tokenizer = load_or_train_tokenizer(
+        splits_text["train"], config.vocab_size, config.cache_dir or None
+    )
+    offsets = tuple(int(o) for o in config.prefix_offsets)
+    caps = {"train": config.num_train, "valid": config.num_valid, "test": config.num_test}
+    splits, texts = {}, {}
+    for name in SPLITS:
+        # Training rows are whole paragraphs; held-out paragraphs give a prefix per offset.
+        tokens, kept = encode_with_offsets(
+            tokenizer,
+            splits_text[name],
+            (0,) if name == "train" else offsets,
+            config.min_tokens,
+            config.max_tokens,
+        )
+        if caps[name]:
+            tokens, kept = tokens[: caps[name]], kept[: caps[name]]
+        if len(kept) < 1:
+            raise ValueError(
+                f"No {name} paragraph passes the length filter ({config.min_tokens} to "
+                f"{config.max_tokens} tokens); widen it or raise heldout_fraction."
+            )
+        splits[name], texts[name] = tokens, tuple(kept)
+    return TextCompletionData(tokenizer=tokenizer, splits=splits, sentences=texts)
+
+
 def build_data(config: Any) -> TextCompletionData:
     """Builds the splits described by a task config (see `configs/text_completion.py`).
 
+    With ``unit="sentence"`` the examples are sentences, split by a hash of their text. With
+    ``unit="paragraph"`` they are the prose paragraphs of `load_paragraphs`, split by a hash of
+    their document's name (`split_documents`); each held-out paragraph gives one row per
+    ``prefix_offsets`` entry (`encode_with_offsets`).
+
     Args:
-      config: the task config; reads ``vocab_size``, ``min_tokens``, ``max_tokens``,
+      config: the task config; reads ``unit``, ``vocab_size``, ``min_tokens``, ``max_tokens``,
         ``heldout_fraction``, ``num_train`` (0 for all), ``num_valid``, ``num_test`` (0 for all
-        the rest), ``min_words`` and ``cache_dir``.
+        the rest), ``min_words`` and ``cache_dir``; for paragraphs also ``sources``,
+        ``min_sentences`` and ``prefix_offsets``.
 
     Returns:
       The `TextCompletionData`.
@@ -409,6 +649,8 @@ def build_data(config: Any) -> TextCompletionData:
     Raises:
       ValueError: if a split would be empty or the held-out pool is too small for ``num_valid``.
     """
+    if config.get("unit", "sentence") == "paragraph":
+        return _paragraph_data(config)
     train, heldout = split_sentences(
         load_sentences(min_words=config.min_words), config.heldout_fraction
     )
@@ -463,14 +705,70 @@ def model_config(config: Any, vocab_size: int) -> TransformerConfig:
     Returns:
       A `TransformerConfig` with ``max_len = max(prefix_len + max_decode_len, max_tokens + 1)``.
     """
+    decode_len = max(config.max_decode_len, train_decode_len(config))
     return TransformerConfig(
         vocab_size=vocab_size,
         num_layers=config.num_layers,
         num_heads=config.num_heads,
         embed_dim=config.embed_dim,
         mlp_dim=config.mlp_dim,
-        max_len=max(config.prefix_len + config.max_decode_len, config.max_tokens + 1),
+        max_len=max(config.prefix_len + decode_len, config.max_tokens + 1),
     )
+
+
+def train_decode_len(config: Any) -> int:
+    """The most tokens decoded after a prefix during fine-tuning.
+
+    With ``train_decode_scale`` s > 0, ``ceil(s * L)`` for the longest possible reference
+    continuation L (``max_tokens + 1 - prefix_len``, EOS included); each batch then cuts its
+    continuations at ``ceil(s * l)`` for the longest reference ``l`` in the batch
+    (`decode_budget`), as the released code of [1] does. With 0, ``max_decode_len``.
+
+    Args:
+      config: the task config.
+
+    Returns:
+      The length, a Python int.
+    """
+    scale = float(config.get("train_decode_scale", 0.0))
+    if scale <= 0:
+        return int(config.max_decode_len)
+    return math.ceil(scale * (config.max_tokens + 1 - config.prefix_len))
+
+
+def decode_budget(reference_continuations: jax.Array, scale: float) -> jax.Array:
+    """``ceil(scale * l)`` for the longest reference continuation ``l`` (EOS included).
+
+    Args:
+      reference_continuations: int token ids, shape ``(batch, length)``, ``PAD_ID`` after EOS.
+      scale: the multiple of the longest reference, > 0.
+
+    Returns:
+      The budget, an int32 scalar.
+    """
+    width = reference_continuations.shape[1]
+    longest = jnp.max(continuation_lengths(reference_continuations, width))
+    return jnp.ceil(scale * longest.astype(jnp.float32)).astype(jnp.int32)
+
+
+def cut_at_budget(
+    continuation: jax.Array, lengths: jax.Array, budget: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Keeps the first ``budget`` tokens of each continuation: later ones become ``PAD_ID``.
+
+    A continuation whose EOS comes after the budget is then unfinished (non-terminated) and
+    ``budget`` tokens long.
+
+    Args:
+      continuation: int token ids, shape ``(batch, length)``.
+      lengths: lengths up to and including EOS, shape ``(batch,)``.
+      budget: an int32 scalar.
+
+    Returns:
+      ``(continuation, lengths)`` cut.
+    """
+    inside = jnp.arange(continuation.shape[1])[None, :] < budget
+    return jnp.where(inside, continuation, PAD_ID), jnp.minimum(lengths, budget)
 
 
 def continuation_mask(lengths: jax.Array, width: int) -> jax.Array:
@@ -598,12 +896,22 @@ def make_task(config: Any) -> Task:
             f"max_decode_len ({config.max_decode_len}) is shorter than the longest reference "
             f"continuation ({longest_reference} tokens with EOS); raise it."
         )
+    unit = config.get("unit", "sentence")
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}.")
+    scale = float(config.get("train_decode_scale", 0.0))
+    if scale != 0 and scale < 1:
+        raise ValueError(
+            f"train_decode_scale must be 0 (decode max_decode_len tokens) or at least 1 (a "
+            f"multiple of the longest reference), got {scale}."
+        )
     data = build_data(config)
     mconfig = model_config(config, data.vocab_size)
     model = TransformerLM(mconfig)
     decoder = transformer_decoder(mconfig)
     prefix_len = config.prefix_len
     decode_len = config.max_decode_len
+    fine_tune_len = train_decode_len(config)
     batch_size = config.batch_size
     rep_n = config.rep_n
     task_loss_kind = config.task_loss
@@ -639,17 +947,26 @@ def make_task(config: Any) -> Task:
             task_loss_kind, model, reference, prefix, continuation, lengths, rep_n
         )
 
-    def greedy(params: Params, prefix: jax.Array) -> Any:
-        """Greedy continuations of ``max_decode_len`` tokens, padded after EOS."""
+    def greedy(params: Params, prefix: jax.Array, length: int = decode_len) -> Any:
+        """Greedy continuations of ``length`` tokens, padded after EOS."""
         return greedy_decode(
-            decoder, params, prefix, max_new_tokens=decode_len, eos_id=EOS_ID, pad_id=PAD_ID
+            decoder, params, prefix, max_new_tokens=length, eos_id=EOS_ID, pad_id=PAD_ID
         )
+
+    def fine_tuning_budget(tokens: jax.Array) -> jax.Array:
+        """The decoding budget of a training batch (see `train_decode_len`)."""
+        if scale <= 0:
+            return jnp.int32(fine_tune_len)
+        return decode_budget(tokens[:, prefix_len:], scale)
 
     def task_loss(params: Params, batch: Batch, reference: Params) -> jax.Array:
         """The batch mean of the cost of each greedy continuation (see the module docstring)."""
         prefix = batch["tokens"][:, :prefix_len]
-        output = greedy(params, prefix)
-        return jnp.mean(costs_of(reference, prefix, output.tokens, output.lengths))
+        output = greedy(params, prefix, fine_tune_len)
+        continuation, lengths = cut_at_budget(
+            output.tokens, output.lengths, fine_tuning_budget(batch["tokens"])
+        )
+        return jnp.mean(costs_of(reference, prefix, continuation, lengths))
 
     def sample(
         params: Params, batch: Batch, key: jax.Array, num_samples: int, reference: Params
@@ -663,20 +980,24 @@ def make_task(config: Any) -> Task:
             jax.lax.stop_gradient(params),
             repeated,
             key,
-            max_new_tokens=decode_len,
+            max_new_tokens=fine_tune_len,
             temperature=sample_temperature,
             eos_id=EOS_ID,
             pad_id=PAD_ID,
         )
-        continuation = jax.lax.stop_gradient(output.tokens)
-        mask = continuation_mask(output.lengths, decode_len)
+        continuation, lengths = cut_at_budget(
+            jax.lax.stop_gradient(output.tokens),
+            output.lengths,
+            fine_tuning_budget(batch["tokens"]),
+        )
+        mask = continuation_mask(lengths, fine_tune_len)
         log_probs = continuation_log_probs(model, params, repeated, continuation)
         sequence_log_probs = jnp.sum(log_probs * mask, axis=1).reshape(rows, num_samples)
-        costs = costs_of(reference, repeated, continuation, output.lengths)
+        costs = costs_of(reference, repeated, continuation, lengths)
         costs = jax.lax.stop_gradient(costs).reshape(rows, num_samples).astype(jnp.float32)
         if dedupe:
             sample_mask = baselines.unique_sample_mask(
-                continuation.reshape(rows, num_samples, decode_len)
+                continuation.reshape(rows, num_samples, fine_tune_len)
             )
         else:
             sample_mask = jnp.ones((rows, num_samples), bool)
@@ -738,7 +1059,26 @@ def make_task(config: Any) -> Task:
             "avg_len_ref": avg_ref_len,
             "seq_rep_4_ref": totals["seq_rep_4_ref"] / count,
             "mle_loss": totals["sentence_nll"] / totals["sentence_tokens"],
+            "num_examples": len(tokens),
         }
+
+    @jax.jit
+    def mle_chunk_fn(params: Params, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-row summed NLL of whole sequences and their token counts, as in ``mle_loss``."""
+        logits = model.apply(params, tokens[:, :-1])
+        weights = (tokens[:, 1:] != PAD_ID).astype(jnp.float32)
+        nll = -jnp.sum(token_log_probs(logits, tokens[:, 1:]) * weights, axis=1)
+        return nll, jnp.sum(weights, axis=1)
+
+    def evaluate_mle(params: Params, split: str) -> float:
+        """The ``mle_loss`` of every row of ``split`` (no decoding), for early stopping."""
+        tokens = data.splits[split]
+        total_nll = total_tokens = 0.0
+        for piece, valid in _rows_in_chunks(tokens, min(eval_chunk, len(tokens))):
+            nll, count = jax.device_get(mle_chunk_fn(params, jnp.asarray(piece)))
+            total_nll += float(np.sum(nll[:valid]))
+            total_tokens += float(np.sum(count[:valid]))
+        return total_nll / total_tokens
 
     def detokenize(ids: np.ndarray) -> str:
         """Text of a continuation, marked as ended (``<eos>``) or cut off (``...``)."""
@@ -786,4 +1126,5 @@ def make_task(config: Any) -> Task:
         ),
         primary_metric="task_loss",
         describe=describe,
+        evaluate_mle=evaluate_mle,
     )
