@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import json
 import math
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -83,6 +84,17 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     Raises:
       ConfigError: if the file or config does not exist or has no ``get_config``.
     """
+    module = _config_module(spec)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"The config {spec!r} defines no get_config() function.")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() of {spec!r} must return an ml_collections.ConfigDict.")
+    return config
+
+
+def _config_module(spec: str) -> Any:
+    """The module of a config name or config file (see `load_config`)."""
     path = Path(spec)
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
@@ -100,12 +112,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
                 f"{', '.join(names)}."
             )
         module = importlib.import_module(f"mlesearch.configs.{spec}")
-    if not callable(getattr(module, "get_config", None)):
-        raise ConfigError(f"The config {spec!r} defines no get_config() function.")
-    config = module.get_config()
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"get_config() of {spec!r} must return an ml_collections.ConfigDict.")
-    return config
+    return module
 
 
 def _parse_bool(text: str, name: str) -> bool:
@@ -852,11 +859,13 @@ def _parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Set any config field with --config.<field>=<value>, e.g. --config.steps=100 "
-            "--config.mgs.num_candidates=8. CONFIG is a config name "
+            "--config.mgs.num_candidates=8; mlesearch config CONFIG lists the fields and their "
+            "defaults. Ctrl-C stops a run; the same command resumes it from its last checkpoint "
+            "(saved at least every minute). CONFIG is a config name "
             f"({', '.join(available_configs())}) or a path to a config file."
         ),
     )
-    commands = parser.add_subparsers(dest="command", metavar="{run,compare}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,compare,config}")
 
     def add_common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("config", metavar="CONFIG", help="config name or config file")
@@ -893,7 +902,58 @@ def _parser() -> argparse.ArgumentParser:
         help="a count N (seeds config.seed .. config.seed+N-1) or a list such as 0,1,2 "
         "(default: %(default)s)",
     )
+    config_parser = commands.add_parser(
+        "config", help="list a config's fields and their values (the defaults of run and compare)"
+    )
+    config_parser.add_argument("config", metavar="CONFIG", help="config name or config file")
     return parser
+
+
+def describe_config(config: ml_collections.ConfigDict, spec: str = "") -> str:
+    """Every field of ``config`` as ``--config.<field>=<value>`` lines.
+
+    Args:
+      config: an experiment config.
+      spec: the config's name or path as given on the command line, for the header.
+
+    Returns:
+      Text: a header, then one line per field in the syntax that overrides it.
+    """
+    lines = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for key in sorted(node.keys()):
+            value = node[key]
+            if isinstance(value, ml_collections.ConfigDict) and len(value):
+                walk(value, f"{prefix}{key}.")
+            else:
+                if isinstance(value, ml_collections.ConfigDict):
+                    value = value.to_dict()
+                if isinstance(value, bool):
+                    text = str(value).lower()
+                elif isinstance(value, str):
+                    text = value
+                else:
+                    text = repr(value)
+                # Quoted for a POSIX shell, as it would be typed on the command line.
+                lines.append(f"{CONFIG_PREFIX}{prefix}{key}={shlex.quote(text)}")
+
+    walk(config, "")
+    header = f"Fields of {spec or config.task} (set any with --config.<field>=<value>):"
+    return "\n".join([header, *lines])
+
+
+def _check_directory(path: Path, what: str) -> str | None:
+    """Creates ``path`` and checks that files can be written there; the problem, or None."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".mlesearch_write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        return f"cannot use {path} as the {what}: {reason}."
+    return None
 
 
 def _command_run(
@@ -936,7 +996,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["compare", DEFAULT_TASK, "--seeds", str(MAIN_JOB_SEEDS), "--workdir", str(workdir)]
     args, rest = parser.parse_known_args(argv)
     if args.command is None:
-        parser.error("choose a command: run or compare (or none, for the default comparison)")
+        parser.error(
+            "choose a command: run, compare or config (or none, for the default comparison)"
+        )
+    if args.command == "config":
+        try:
+            config = apply_overrides(load_config(args.config), rest)
+        except ValueError as error:
+            parser.error(str(error))
+        doc = _config_doc(args.config)
+        print(((doc + "\n\n") if doc else "") + describe_config(config, args.config))
+        return 0
     try:
         config = apply_overrides(load_config(args.config), rest)
         train.check_config(config)
@@ -946,11 +1016,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             else None
         )
         seeds = parse_seeds(args.seeds, int(config.seed)) if args.command == "compare" else None
+        if args.command == "compare":  # every row's settings, before anything is trained
+            for name in resolve_methods(config, methods):
+                try:
+                    train.check_config(row_config(config, name))
+                except ValueError as error:
+                    raise ValueError(f"row {name}: {error}") from None
     except ConfigError as error:
         parser.error(str(error))
     except ValueError as error:
         parser.error(str(error))
     workdir = Path(args.workdir) if args.workdir else Path(RUNS_DIR) / str(config.task)
+    directories = [(workdir, "work directory")]
+    if args.pretrained_dir:
+        directories.append((Path(args.pretrained_dir), "pretrained directory"))
+    for directory, what in directories:
+        problem = _check_directory(directory, what)
+        if problem:
+            parser.exit(2, f"mlesearch: error: {problem}\n")
     progress = False if args.no_progress else None
     try:
         if args.command == "run":
@@ -966,4 +1049,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     except ValueError as error:
         parser.exit(1, f"mlesearch: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(
+            130,
+            f"\nmlesearch: interrupted. Finished runs and checkpoints are in {workdir}; run the "
+            "same command again to resume from them.\n",
+        )
     return 0
+
+
+def _config_doc(spec: str) -> str:
+    """The docstring of a config's ``get_config``, dedented; "" if it has none."""
+    import inspect
+
+    try:
+        module = _config_module(spec)
+    except ConfigError:
+        return ""
+    function = getattr(module, "get_config", None)
+    return inspect.getdoc(function) or ""

@@ -683,6 +683,10 @@ def make_train_step(
 
 # The fields of a config that do not change what one fine-tuning step computes, with the values
 # that stand in for them in the key of `_cached_train_step`.
+# Wall-clock seconds between checkpoints of a fine-tuning run, on top of
+# ``config.checkpoint_every``: an interrupted run loses at most about this much work.
+CHECKPOINT_SECONDS = 60.0
+
 _OUTSIDE_STEP = {"seed": 0, "steps": 1, "eval_every": 1, "checkpoint_every": 1}
 
 
@@ -821,18 +825,21 @@ def run(
     progress: bool | None = None,
     max_steps: int | None = None,
     name: str | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> dict[str, Any]:
     """Fine-tunes ``config.method`` for ``config.steps`` steps from the pretrained model.
 
     Pretrains first (see `pretrain`) unless ``pretrained_dir`` already holds the checkpoint.
     Every ``config.eval_every`` steps (and at steps 0 and ``config.steps``) it records the
     validation metrics and keeps the parameters with the lowest validation ``task_loss`` so far
-    (checkpoint selection); every ``config.checkpoint_every`` steps (and at the end) it saves a
+    (checkpoint selection); every ``config.checkpoint_every`` steps, at the first step after
+    ``checkpoint_seconds`` of wall-clock time without a save, and at the end, it saves a
     checkpoint, the kept parameters included, in ``run_directory(workdir, name, seed)``. If that
-    directory holds checkpoints of the same config, the run resumes from the latest, and ends as
-    a run never stopped would. At the end it evaluates the kept and the last parameters on the
-    test split (after ``config.post_hoc``, if set) and writes ``result.json`` beside the
-    checkpoints. Method ``pretrained`` takes no step: it evaluates the pretrained model.
+    directory holds checkpoints of the same config, the run resumes from the latest (and says so
+    on stderr), and ends as a run never stopped would: an interruption loses at most about
+    ``checkpoint_seconds`` of fine-tuning. At the end it evaluates the kept and the last
+    parameters on the test split (after ``config.post_hoc``, if set) and writes ``result.json``
+    beside the checkpoints. Method ``pretrained`` takes no step: it evaluates the pretrained model.
 
     Args:
       config: the experiment config.
@@ -844,6 +851,9 @@ def run(
       max_steps: stop once this many steps in total have been taken, without the final
         evaluation, as if the run had been interrupted; None runs to the end.
       name: the run's name in ``workdir`` (a comparison's row); default ``config.method``.
+      checkpoint_seconds: save a checkpoint once this much time has passed since the last save
+        (0: only every ``config.checkpoint_every`` steps and at the end). Where the run stops
+        does not change its result: the random numbers of a step depend only on its number.
 
     Returns:
       A dict: ``method`` (``name``), ``base_method`` (``config.method``), ``seed``,
@@ -897,7 +907,11 @@ def run(
             (state, best_params), meta = store.restore(saved_step, (state, best_params))
             history, seconds = list(meta["history"]), float(meta["seconds"])
             best_step, best_loss = int(meta["best_step"]), float(meta["best_loss"])
-            logger.info("Resuming %s seed %d from step %d.", name, seed, saved_step)
+            print(
+                f"Resuming {name} seed {seed} from step {saved_step} (checkpoint in {directory}).",
+                file=sys.stderr,
+                flush=True,
+            )
 
         def record(done: int, diagnostics: Mapping[str, jax.Array]) -> None:
             nonlocal best_params, best_step, best_loss
@@ -930,12 +944,16 @@ def run(
             leave=False,
             file=sys.stderr,
         )
-        tic = time.perf_counter()
+        tic = last_save = time.perf_counter()
         for done in range(start + 1, end + 1):
             state, diagnostics = compiled(state, reference)
             bar.update()
             evaluate_now = done % eval_every == 0 or done == num_steps
-            save_now = done % checkpoint_every == 0 or done == num_steps
+            save_now = (
+                done % checkpoint_every == 0
+                or done == num_steps
+                or 0 < checkpoint_seconds <= time.perf_counter() - last_save
+            )
             if not (evaluate_now or save_now):
                 continue
             jax.block_until_ready(state)
@@ -957,6 +975,7 @@ def run(
                         "best_loss": best_loss,
                     },
                 )
+                last_save = time.perf_counter()
             tic = time.perf_counter()
         bar.close()
         done = int(state.step)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import jax
@@ -308,3 +309,64 @@ def test_compare_reports_rows_and_paired_differences(tmp_path, capsys):
     assert results["paired_last"]["key"] == "test_last"
     assert f"Δ macro-F1 vs {paired['reference']} [95% CI]" in out
     assert results["table_last"] in out and "no checkpoint selection" in out
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_work_directory_that_cannot_be_used_is_one_line_and_exit_code_2(
+    inside, tmp_path, capsys, monkeypatch
+):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    workdir = a_file / "runs" if inside else a_file
+    monkeypatch.setattr(cli.train, "run", lambda *a, **k: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "digits", "--workdir", str(workdir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"mlesearch: error: cannot use {workdir} as the work directory: "
+        + ("Not a directory." if inside else "File exists.")
+    ]
+
+
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_ctrl_c_says_how_to_resume(command, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.train, "run", interrupted)
+    monkeypatch.setattr(cli, "compare", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "digits", "--workdir", str(tmp_path)])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"mlesearch: interrupted. Finished runs and checkpoints are in {tmp_path}; run the same "
+        "command again to resume from them."
+    )
+
+
+def test_config_command_lists_every_field_as_an_override(capsys):
+    assert cli.main(["config", "text_completion", "--config.steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "prefix_offsets: the token offsets" in out  # the config's documentation
+    lines = [line for line in out.splitlines() if line.startswith("--config.")]
+    assert "--config.steps=7" in lines
+    assert "--config.mgs.weighting=tilted" in lines
+    assert "--config.task_config.prefix_offsets='(0, 8, 16)'" in lines
+    assert "--config.post_hoc=''" in lines
+    # Every listed line is an override that the command line accepts, giving the same config.
+    config = cli.load_config("text_completion")
+    arguments = [shlex.split(line)[0] for line in lines]
+    rebuilt = cli.apply_overrides(cli.load_config("text_completion"), arguments)
+    config.steps = 7
+    assert rebuilt.to_dict() == config.to_dict()
+
+
+def test_a_bad_row_setting_fails_before_pretraining(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli.train, "pretrain", lambda *a, **k: pytest.fail("pretrained"))
+    argv = ["compare", "digits_lt", "--workdir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--config.rows.mgs_uniform.mgs.weighting=softmax"])
+    assert exit_info.value.code == 2
+    assert "row mgs_uniform: config.mgs: weighting must be one of" in capsys.readouterr().err

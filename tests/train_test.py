@@ -88,7 +88,9 @@ def test_every_method_fine_tunes_and_resumes_exactly(method, pretrained_dir, tmp
     assert set(result["test"]) == {"error", "f1", "nll", "task_loss"}
     assert all(math.isfinite(v) for v in result["test"].values())
     if method in ("mgs", "mgs_after", "random_search"):
-        assert 1.0 <= end["train"]["ess"] <= 4.0
+        # temperature="auto" with target_ess 0.5 of 4 candidates: the ESS reaches 2 (more only
+        # when the best candidates tie).
+        assert 2.0 * (1 - 1e-3) <= end["train"]["ess"] <= 4.0
     if method == "random_search":
         assert end["train"]["guide_weight"] == 0.0
     if method in IMPROVING:
@@ -265,3 +267,42 @@ def test_evaluations_of_equal_parameters_are_computed_once(pretrained_dir):
     moved = jax.tree.map(lambda x: x + 1e-3, reference)
     assert train.evaluate(counted, moved, reference, "valid") != first
     assert calls == ["valid", "test", "valid"]
+
+
+def test_checkpoints_by_time_lose_little_and_resume_says_so(pretrained_dir, tmp_path, capsys):
+    # checkpoint_every past the end: only the time-based checkpoints can save the first 7 steps.
+    config = tiny_config("mle", checkpoint_every=1000, steps=12)
+    whole = train.run(
+        config,
+        tmp_path / "whole",
+        pretrained_dir=pretrained_dir,
+        progress=False,
+        checkpoint_seconds=0,
+    )
+    stopped = train.run(
+        config,
+        tmp_path / "timed",
+        pretrained_dir=pretrained_dir,
+        progress=False,
+        max_steps=7,
+        checkpoint_seconds=1e-9,
+    )
+    assert not stopped["finished"]
+    capsys.readouterr()
+    resumed = train.run(config, tmp_path / "timed", pretrained_dir=pretrained_dir, progress=False)
+    assert "Resuming mle seed 0 from step 7" in capsys.readouterr().err
+    assert resumed["finished"]
+    chex.assert_trees_all_equal(resumed["params"], whole["params"])
+    # Without time-based checkpoints the same interruption would have lost all 7 steps.
+    untimed = train.run(
+        config,
+        tmp_path / "untimed",
+        pretrained_dir=pretrained_dir,
+        progress=False,
+        max_steps=7,
+        checkpoint_seconds=0,
+    )
+    assert not untimed["finished"]
+    capsys.readouterr()
+    train.run(config, tmp_path / "untimed", pretrained_dir=pretrained_dir, progress=False)
+    assert "Resuming" not in capsys.readouterr().err

@@ -72,6 +72,29 @@ def test_importance_with_broad_random_search_converges_to_newton_step():
     np.testing.assert_allclose(updates, newton, atol=0.05)
 
 
+@pytest.mark.parametrize("mix", [0.25, 0.5, 0.75])
+def test_importance_with_a_guided_mixture_converges_to_newton_step(mix):
+    # The full estimator, 0 < λ < 1, with the guide away from the target: only the mixture
+    # density in log q (both components, weighted by λ) corrects for where candidates came from.
+    newton = -jnp.linalg.solve(H, H @ THETA + B)
+    guide = newton + jnp.array([1.5, -1.5])
+    tx = mls.mgs(num_candidates=40_000, sigma=1.0, mix=mix, temperature=1.0, key=5)
+    updates, state = _step(tx, guide, THETA, quadratic)
+    assert state.info.ess > 1000
+    np.testing.assert_allclose(updates, newton, atol=0.05)
+    # The same candidates weighted as if they all came from one component are biased.
+    deltas = mls.sample_candidates(
+        jax.random.split(tx.init(THETA).key)[1], guide, jnp.float32(1.0), 40_000, mix
+    )
+    losses = jax.vmap(lambda d: quadratic(THETA + d))(deltas)
+    for share, bias in ((0.0, 0.3), (1.0, 0.1)):
+        log_q = jax.vmap(mls.log_proposal_density, in_axes=(0, None, None, None))(
+            deltas, guide, jnp.float32(1.0), share
+        )
+        wrong = jnp.tensordot(mls.candidate_weights(losses, log_q, 1.0), deltas, axes=1)
+        assert float(jnp.max(jnp.abs(wrong - newton))) > bias, share
+
+
 @pytest.mark.parametrize("alpha", [0.5, 2.0])
 def test_tilted_single_gaussian_matches_product_of_gaussians(alpha):
     sigma = 0.6
@@ -339,6 +362,40 @@ def test_params_without_leaves_or_with_integer_leaves_are_rejected():
         tx.update(params, tx.init(params), params, task_loss_fn=lambda p: jnp.sum(p["w"]))
 
 
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_antithetic_relative_importance_step_on_a_multi_leaf_tree(chunk_size):
+    # The whole step, recomputed from the pure functions: draw, log q, weights, weighted sum.
+    params = {"w": jnp.ones((2, 3)), "b": jnp.array([0.5, -0.5])}
+    guide = {"w": jnp.full((2, 3), -0.2), "b": jnp.array([0.4, 0.1])}
+    tx = mls.mgs(
+        num_candidates=8,
+        sigma=0.8,
+        noise="relative",
+        antithetic=True,
+        weighting="importance",
+        temperature=0.3,
+        chunk_size=chunk_size,
+        key=11,
+    )
+
+    def loss(p):
+        return jnp.sum(jnp.abs(p["w"] - 0.5)) + jnp.sum(p["b"] ** 2)
+
+    updates, state = _step(tx, guide, params, loss)
+    scales = mls.proposal_scales(guide, 0.8, "relative")
+    step_key = jax.random.split(tx.init(params).key)[1]
+    deltas = mls.sample_candidates(step_key, guide, scales, 8, 0.5, antithetic=True)
+    losses = jax.vmap(lambda d: loss(optax.apply_updates(params, d)))(deltas)
+    log_q = jax.vmap(mls.log_proposal_density, in_axes=(0, None, None, None))(
+        deltas, guide, scales, 0.5
+    )
+    weights = mls.candidate_weights(losses, log_q, 0.3, "importance")
+    np.testing.assert_allclose(state.info.candidate_losses, losses, rtol=1e-6)
+    np.testing.assert_allclose(state.info.weights, weights, rtol=1e-5, atol=1e-7)
+    expected = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
+    chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_antithetic_candidates_are_mirrored():
     tx = mls.mgs(num_candidates=4, antithetic=True, mix=0.5, sigma=0.3, key=0)
     guide = jnp.array([0.2, 0.0])
@@ -402,16 +459,30 @@ def test_inject_hyperparams_gives_same_updates_and_takes_new_values_without_retr
     chex.assert_trees_all_close(injected, direct, atol=1e-6)
     state.hyperparams["temperature"] = jnp.asarray(5.0, jnp.float32)
     state.hyperparams["sigma"] = jnp.asarray(0.1, jnp.float32)
-    _, new_state = step(state)
+    changed, new_state = step(state)
     np.testing.assert_allclose(new_state.inner_state.info.temperature, 5.0)
+    # The traced values reach the update: it is that of mgs built with them.
+    expected, _ = _step(
+        mls.mgs(**{**kwargs, "sigma": 0.1, "temperature": 5.0}), guide, params, error_rate, x=x, y=y
+    )
+    chex.assert_trees_all_close(changed, expected, atol=1e-6)
+    assert optax.tree.norm(optax.tree.sub(changed, injected)) > 1e-3
 
 
 def test_inject_hyperparams_with_auto_temperature():
-    tx = optax.inject_hyperparams(mls.mgs, static_args=("num_candidates", "mix", "key"))(
-        num_candidates=8, temperature="auto", target_ess=0.5, weighting="tilted"
-    )
-    _, state = _step(tx, jnp.array([0.3, 0.1]), THETA, quadratic)
+    kwargs = dict(num_candidates=8, temperature="auto", target_ess=0.5, weighting="tilted")
+    tx = optax.inject_hyperparams(mls.mgs, static_args=("num_candidates", "mix", "key"))(**kwargs)
+    guide = jnp.array([0.3, 0.1])
+    updates, state = _step(tx, guide, THETA, quadratic)
     np.testing.assert_allclose(optax.tree.get(state, "ess"), 4.0, rtol=1e-3)
+    # A traced target_ess changes the chosen α, the weights and the update.
+    state = tx.init(THETA)
+    state.hyperparams["target_ess"] = jnp.asarray(0.25, jnp.float32)
+    lower, state = _step(tx, guide, THETA, quadratic, state=state)
+    np.testing.assert_allclose(optax.tree.get(state, "ess"), 2.0, rtol=1e-3)
+    expected, _ = _step(mls.mgs(**{**kwargs, "target_ess": 0.25}), guide, THETA, quadratic)
+    chex.assert_trees_all_close(lower, expected, atol=1e-6)
+    assert float(jnp.max(jnp.abs(lower - updates))) > 1e-4
 
 
 def test_multisteps_accumulates_then_searches():
@@ -437,24 +508,32 @@ def test_apply_if_finite_skips_non_finite_guides():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_flax_params_keep_structure_and_dtype_and_error_drops(dtype):
+def test_flax_params_keep_structure_and_dtype_and_the_step_lands_on_the_best_candidate(dtype):
     params, x, y, mle_loss, error_rate = _mlp_problem(dtype)
-    tx = optax.chain(optax.adam(0.05), mls.mgs(num_candidates=8, sigma=0.5, temperature=0.02))
+    # α → 0: each step applies the best candidate, whose task loss MGSInfo recorded. A small
+    # weight penalty breaks the ties of the 0/1 error.
+    tx = optax.chain(optax.adam(0.05), mls.mgs(num_candidates=8, sigma=0.5, temperature=1e-7))
+
+    def task_loss(params, x, y):
+        penalty = sum(jnp.sum(p.astype(jnp.float32) ** 2) for p in jax.tree.leaves(params))
+        return error_rate(params, x, y) + 1e-4 * penalty
+
     state = tx.init(params)
 
     @jax.jit
     def train_step(params, state):
         grads = jax.grad(mle_loss)(params, x, y)
-        updates, state = tx.update(grads, state, params, task_loss_fn=error_rate, x=x, y=y)
+        updates, state = tx.update(grads, state, params, task_loss_fn=task_loss, x=x, y=y)
         return optax.apply_updates(params, updates), state, updates
 
-    start = error_rate(params, x, y)
     for _ in range(30):
         params, state, updates = train_step(params, state)
+        losses = optax.tree.get(state, "candidate_losses")
+        if dtype == jnp.float32:  # bfloat16 rounds the update again when it is applied
+            np.testing.assert_allclose(task_loss(params, x, y), jnp.min(losses), rtol=1e-6)
     chex.assert_trees_all_equal_structs(updates, params)
     chex.assert_trees_all_equal_dtypes(updates, params)
     chex.assert_trees_all_equal_dtypes(params, jax.tree.map(lambda p: p.astype(dtype), params))
-    assert error_rate(params, x, y) < start
 
 
 def test_reference_configuration_chain_runs_on_a_flax_model():
@@ -479,7 +558,9 @@ def test_reference_configuration_chain_runs_on_a_flax_model():
         params, state = train_step(params, state)
     chex.assert_tree_all_finite(params)
     mgs_state = state[2]
-    assert 1.0 <= float(mgs_state.info.ess) <= 4.0
+    info = mgs_state.info
+    np.testing.assert_allclose(info.weights.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(info.ess, 1.0 / jnp.sum(info.weights**2), rtol=1e-5)
     assert int(mgs_state.count) == 5
 
 
