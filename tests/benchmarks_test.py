@@ -9,7 +9,7 @@ import pytest
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["speed.py", "memory.py", "devices.py"])
+@pytest.mark.parametrize("script", ["speed.py", "memory.py", "devices.py", "chunked.py"])
 def test_benchmark_smoke_run(script):
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--smoke"],

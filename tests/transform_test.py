@@ -215,6 +215,39 @@ def test_chunked_evaluation_gives_the_same_update():
         chex.assert_trees_all_close(state.info, results[0][1].info, atol=1e-6)
 
 
+def _loop_body_ops(hlo: str) -> list[list[str]]:
+    """The opcodes of each while-loop body of compiled HLO text, fusions and calls included."""
+    computations = {}
+    for block in hlo.split("\n\n"):
+        match = re.match(r"(?:ENTRY )?(%?[\w.\-]+) ", block.strip())
+        if match:
+            computations[match.group(1)] = block
+
+    def opcodes(name, seen):
+        block = computations.get(name, "")
+        found = re.findall(r"=\s*\S+\s+([a-z\-]+)\(", block)
+        for called in re.findall(r"(?:calls|to_apply)=(%?[\w.\-]+)", block):
+            if called not in seen:
+                seen.add(called)
+                found += opcodes(called, seen)
+        return found
+
+    return [opcodes(body, set()) for body in set(re.findall(r"body=(%?[\w.\-]+)", hlo))]
+
+
+def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop():
+    # A reduce over a broadcast [chunk, d] product runs single-threaded on XLA:CPU; a dot does not.
+    params = {"w": jnp.ones((1000,))}
+    guide = {"w": jnp.full((1000,), 0.01)}
+    tx = mls.mgs(num_candidates=16, sigma=0.01, weighting="tilted", chunk_size=8, key=0)
+    step = jax.jit(lambda u, s, p: tx.update(u, s, p, task_loss_fn=lambda q: jnp.sum(q["w"])))
+    hlo = step.lower(guide, tx.init(params), params).compile().as_text()
+    bodies = _loop_body_ops(hlo)
+    summing = [ops for ops in bodies if "dot" in ops]
+    assert summing, bodies
+    assert all("reduce" not in ops for ops in summing), summing
+
+
 def test_unchunked_step_draws_the_candidates_once(monkeypatch):
     # Without chunk_size the candidates are drawn once and kept for the weighted sum; with a chunk
     # size they are drawn again from their keys (a second pass), which bounds memory.
