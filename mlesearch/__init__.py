@@ -16,7 +16,10 @@ References:
   modeling, AAAI 2021, https://arxiv.org/abs/2006.03158.
 """
 
-from mlesearch import baselines, decoding, metrics, models
+import importlib
+from typing import Any
+
+from mlesearch import baselines, metrics
 from mlesearch.host import host_task_loss
 from mlesearch.recipes import mgs_adamw, with_mgs
 from mlesearch.sampling import (
@@ -32,6 +35,23 @@ from mlesearch.sampling import (
 from mlesearch.transform import MGSInfo, MGSState, mgs
 
 __version__ = "0.1.0"
+
+# Imported on first use: they need flax, which the transformation itself does not.
+_LAZY_SUBMODULES = ("decoding", "models")
+
+
+def __getattr__(name: str) -> Any:
+    """``mlesearch.decoding`` and ``mlesearch.models``, imported when first read."""
+    if name in _LAZY_SUBMODULES:
+        module = importlib.import_module(f"mlesearch.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'mlesearch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_SUBMODULES})
+
 
 __all__ = [
     "MGSInfo",

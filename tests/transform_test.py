@@ -3,6 +3,8 @@
 import contextlib
 import logging
 import re
+import subprocess
+import sys
 
 import chex
 import flax.linen as nn
@@ -745,3 +747,18 @@ def test_task_loss_that_cannot_take_params_is_rejected():
     tx = mls.mgs()
     with pytest.raises(ValueError, match="task_loss_fn"):
         tx.update(THETA, tx.init(THETA), THETA, task_loss_fn=lambda p: p["weights"].sum())
+
+
+def test_import_mlesearch_needs_only_jax_optax_and_chex():
+    # In a fresh process: what `import mlesearch` pulls in, and that the toolkit still loads.
+    code = (
+        "import sys, mlesearch\n"
+        "heavy = ('flax', 'ml_collections', 'tqdm', 'matplotlib', 'orbax', 'evosax')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "print(mlesearch.models.TransformerLM.__name__, mlesearch.decoding.__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["[]", "TransformerLM mlesearch.decoding"], result.stdout
