@@ -24,6 +24,7 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import shlex
@@ -84,7 +85,11 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     Raises:
       ConfigError: if the file or config does not exist or has no ``get_config``.
     """
-    module = _config_module(spec)
+    return _config_from_module(_config_module(spec), spec)
+
+
+def _config_from_module(module: Any, spec: str) -> ml_collections.ConfigDict:
+    """``module.get_config()``, checked (see `load_config`)."""
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"The config {spec!r} defines no get_config() function.")
     config = module.get_config()
@@ -1001,10 +1006,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "config":
         try:
-            config = apply_overrides(load_config(args.config), rest)
+            module = _config_module(args.config)
+            config = apply_overrides(_config_from_module(module, args.config), rest)
         except ValueError as error:
             parser.error(str(error))
-        doc = _config_doc(args.config)
+        doc = inspect.getdoc(module.get_config) or ""
         print(((doc + "\n\n") if doc else "") + describe_config(config, args.config))
         return 0
     try:
@@ -1056,15 +1062,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             "same command again to resume from them.\n",
         )
     return 0
-
-
-def _config_doc(spec: str) -> str:
-    """The docstring of a config's ``get_config``, dedented; "" if it has none."""
-    import inspect
-
-    try:
-        module = _config_module(spec)
-    except ConfigError:
-        return ""
-    function = getattr(module, "get_config", None)
-    return inspect.getdoc(function) or ""

@@ -186,9 +186,8 @@ def _on_explicit_mesh(trees: Any) -> bool:
     for leaf in jax.tree.leaves(trees):
         sharding = getattr(jax.typeof(leaf), "sharding", None)
         mesh = getattr(sharding, "mesh", None)
-        if mesh is not None and not mesh.empty and sharding.spec != ():
-            if any(entry is not None for entry in sharding.spec):
-                return True
+        if mesh is not None and not mesh.empty and any(e is not None for e in sharding.spec):
+            return True
     return False
 
 
@@ -203,7 +202,7 @@ def _resolve_sharding(
     one device), the same devices are used through an Auto copy of the mesh, where a sharding
     hint is enough.
     """
-    if sharding is None or not _is_explicit(sharding) or _on_explicit_mesh(trees):
+    if not _is_explicit(sharding) or _on_explicit_mesh(trees):
         return sharding
     mesh = sharding.mesh
     auto_mesh = jax.sharding.Mesh(
@@ -214,8 +213,10 @@ def _resolve_sharding(
     return jax.sharding.NamedSharding(auto_mesh, sharding.spec)
 
 
-def _is_explicit(sharding: jax.sharding.NamedSharding) -> bool:
+def _is_explicit(sharding: jax.sharding.NamedSharding | None) -> bool:
     """Whether the candidate axis of the mesh is Explicit (``jax.make_mesh``'s default)."""
+    if sharding is None:
+        return False
     axis = sharding.spec[0]
     names = (axis,) if isinstance(axis, str) else tuple(axis)
     types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types, strict=True))
@@ -224,7 +225,7 @@ def _is_explicit(sharding: jax.sharding.NamedSharding) -> bool:
 
 def _gather(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
     """Replicates small per-candidate outputs (losses) over an Explicit mesh; else ``x``."""
-    if sharding is None or not _is_explicit(sharding):
+    if not _is_explicit(sharding):
         return x
     replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
     return jax.sharding.reshard(x, replicated)
@@ -236,7 +237,7 @@ def _weighted_sum(weights: jax.Array, deltas: Any, like: Any, sharding: Any) -> 
     Over an Explicit mesh the contraction runs over the sharded candidate axis, so the result
     is given the sharding of the matching leaf of ``like`` (the guide).
     """
-    if sharding is None or not _is_explicit(sharding):
+    if not _is_explicit(sharding):
         return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
     return jax.tree.map(
         lambda d, u: jnp.einsum("n,n...->...", weights, d, out_sharding=jax.typeof(u).sharding),
@@ -252,7 +253,7 @@ def _mesh_context(
 
     Explicit axes need the mesh in context to trace operations on arrays sharded over them.
     """
-    if sharding is None or not _is_explicit(sharding):
+    if not _is_explicit(sharding):
         return contextlib.nullcontext()
     return jax.sharding.use_abstract_mesh(sharding.mesh.abstract_mesh)
 
@@ -320,7 +321,7 @@ def _sum_over_candidates(
         return _weighted_sum(chunk_weights, deltas, like, sharding)
 
     num_full = num_candidates // chunk_size
-    total = jax.tree.map(lambda u: jnp.zeros(jnp.shape(u), jnp.float32), like)
+    total = optax.tree.zeros_like(like, dtype=jnp.float32)
     if num_full > 0:
         split = num_full * chunk_size
 
@@ -560,12 +561,10 @@ def mgs(
         # loops (XLA runs loop bodies with less parallelism than top-level code).
         all_at_once = chunk >= num_candidates
         if all_at_once:
-            deltas = _constrain(
-                jax.vmap(draw)(_constrain(indices, candidate_sharding)), candidate_sharding
-            )
+            placed = _constrain(indices, candidate_sharding)
+            deltas = _constrain(jax.vmap(draw)(placed), candidate_sharding)
             candidate_losses, log_proposals = _constrain(
-                jax.vmap(evaluate_delta)(_constrain(indices, candidate_sharding), deltas),
-                candidate_sharding,
+                jax.vmap(evaluate_delta)(placed, deltas), candidate_sharding
             )
         elif candidate_sharding is None:
             candidate_losses, log_proposals = jax.lax.map(evaluate, indices, batch_size=chunk)

@@ -366,8 +366,7 @@ def split_documents(
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction!r}.")
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
-    for name in sorted(documents, key=lambda d: (_unit_hash(d), d)):
-        fraction = _unit_hash(name)
+    for fraction, name in sorted((_unit_hash(d), d) for d in documents):
         split = (
             "test"
             if fraction < heldout_fraction / 2
