@@ -124,6 +124,28 @@ def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree) -> Any:
     return jax.tree.unflatten(treedef, parts)
 
 
+def _candidate_noise(
+    key: jax.Array, index: chex.Numeric, guide: chex.ArrayTree, antithetic: bool
+) -> tuple[Any, jax.Array]:
+    """The standard normal noise εᵢ of candidate ``index`` and its antithetic sign (±1)."""
+    index = jnp.asarray(index, jnp.int32)
+    if antithetic:
+        parity = index % 2
+        noise_index = index - parity
+        sign = 1.0 - 2.0 * parity.astype(jnp.float32)
+    else:
+        noise_index = index
+        sign = jnp.float32(1.0)
+    return _standard_normal_like(jax.random.fold_in(key, noise_index), guide), sign
+
+
+def _perturb(
+    u: jax.Array, scale: jax.Array, eps: jax.Array, sign: jax.Array, is_guided: Any
+) -> Any:
+    # A select rather than 0·u: zero-mean candidates stay finite even where the guide is not.
+    return jnp.where(is_guided, u.astype(jnp.float32), 0.0) + (sign * scale) * eps
+
+
 def sample_candidate(
     key: jax.Array,
     index: chex.Numeric,
@@ -153,25 +175,121 @@ def sample_candidate(
     Returns:
       :math:`\Delta_i`, a pytree with the structure and shapes of ``guide``, in float32.
     """
-    index = jnp.asarray(index, jnp.int32)
-    if antithetic:
-        parity = index % 2
-        noise_index = index - parity
-        sign = 1.0 - 2.0 * parity.astype(jnp.float32)
-    else:
-        noise_index = index
-        sign = jnp.float32(1.0)
-    noise = _standard_normal_like(jax.random.fold_in(key, noise_index), guide)
-    is_guided = index >= num_zero_mean
-    # A select rather than 0·u: zero-mean candidates stay finite even where the guide is not.
+    noise, sign = _candidate_noise(key, index, guide, antithetic)
+    is_guided = jnp.asarray(index, jnp.int32) >= num_zero_mean
     return jax.tree.map(
-        lambda u, scale, eps: (
-            jnp.where(is_guided, u.astype(jnp.float32), 0.0) + (sign * scale) * eps
-        ),
-        guide,
-        scales,
-        noise,
+        lambda u, scale, eps: _perturb(u, scale, eps, sign, is_guided), guide, scales, noise
     )
+
+
+def effective_perturbation(param: jax.Array, delta: jax.Array) -> jax.Array:
+    r"""The perturbation that a parameter leaf really receives, in float32.
+
+    On a leaf narrower than float32 (bfloat16, float16), :math:`\theta + \Delta` is rounded to the
+    leaf's dtype, so the point evaluated is :math:`\mathrm{round}(\theta + \Delta)` and its
+    perturbation is :math:`\mathrm{round}(\theta + \Delta) - \theta`. On a float32 or wider leaf
+    it is :math:`\Delta` itself.
+
+    Args:
+      param: the parameter leaf θ, any floating dtype and shape.
+      delta: the drawn perturbation Δ, float32, the shape of ``param``.
+
+    Returns:
+      The effective perturbation, float32, the shape of ``param``.
+    """
+    if jnp.finfo(param.dtype).bits >= 32:
+        return delta
+    wide = param.astype(jnp.float32)
+    return (wide + delta).astype(param.dtype).astype(jnp.float32) - wide
+
+
+def sample_candidate_and_log_q(
+    key: jax.Array,
+    index: chex.Numeric,
+    guide: chex.ArrayTree,
+    scales: chex.ArrayTree,
+    num_zero_mean: int,
+    zero_mean_share: chex.Numeric,
+    antithetic: bool = False,
+    params: chex.ArrayTree | None = None,
+) -> tuple[Any, jax.Array]:
+    r"""Draws candidate ``index`` like :func:`sample_candidate`, with its log density under q.
+
+    The density comes from the noise as it is drawn, not from a second pass over
+    :math:`\Delta_i`. In standardised units :math:`v_\ell = u_\ell / \sigma_\ell`, a candidate
+    :math:`\Delta_i = m_i + \sigma s_i \epsilon_i` (sign :math:`s_i = \pm 1`) has squared
+    distances to the two means
+
+    .. math::
+        \|\Delta_i/\sigma\|^2 &= \|\epsilon_i\|^2 + [m_i = u]\,(\|v\|^2 + 2 s_i\,\epsilon_i\cdot v),
+        \\
+        \|(\Delta_i - u)/\sigma\|^2 &= \|\epsilon_i\|^2 + [m_i = 0]\,(\|v\|^2 - 2 s_i\,
+        \epsilon_i\cdot v),
+
+    so only :math:`\|\epsilon_i\|^2` and :math:`\epsilon_i\cdot v` vary with the candidate, and
+    the shared :math:`\|\epsilon_i\|^2` leaves the log-sum-exp of the two components, which
+    keeps their difference exact in float32. It equals :func:`log_proposal_density` of the
+    returned perturbation up to float32 rounding.
+
+    With ``params``, a leaf narrower than float32 returns its :func:`effective_perturbation`,
+    and its density terms are computed from that one (the rounded point is the one evaluated).
+
+    Args:
+      key: the step's PRNG key.
+      index: the candidate's index i in ``[0, n)``, an int32 scalar (may be traced or vmapped).
+      guide: the guide update u, a pytree of finite arrays.
+      scales: per-leaf noise scales from :func:`proposal_scales`, float32 scalars.
+      num_zero_mean: k0, the number of zero-mean candidates (they come first).
+      zero_mean_share: λ in [0, 1], the weight of the zero-mean component in q.
+      antithetic: whether candidates come in antithetic pairs.
+      params: θ, a pytree with the structure of ``guide``, or None (every leaf float32).
+
+    Returns:
+      ``(delta, log_q)``: :math:`\Delta_i` (a float32 pytree shaped like ``guide``) and
+      :math:`\log q(\Delta_i)` (a float32 scalar, shape ``()``).
+
+    References:
+      [3] Veach & Guibas 1995 (the mixture density of a stratified sample).
+    """
+    noise, sign = _candidate_noise(key, index, guide, antithetic)
+    is_guided = jnp.asarray(index, jnp.int32) >= num_zero_mean
+    if params is None:
+        params = jax.tree.map(lambda u: jax.ShapeDtypeStruct(jnp.shape(u), jnp.float32), guide)
+    zero = jnp.float32(0.0)
+    noise_sq, cross, guide_sq, rounded_zero, rounded_guided, log_norm = (zero,) * 6
+    deltas = []
+    leaves = zip(
+        jax.tree.leaves(guide),
+        jax.tree.leaves(scales),
+        jax.tree.leaves(noise),
+        jax.tree.leaves(params),
+        strict=True,
+    )
+    for u, scale, eps, param in leaves:
+        u = u.astype(jnp.float32)
+        delta = _perturb(u, scale, eps, sign, is_guided)
+        active = scale > 0
+        safe_scale = jnp.where(active, scale, 1.0)
+        log_norm += jnp.where(active, -0.5 * eps.size * (_LOG_2PI + 2.0 * jnp.log(safe_scale)), 0.0)
+        if jnp.finfo(param.dtype).bits >= 32:
+            v = u / safe_scale
+            noise_sq += jnp.where(active, jnp.sum(jnp.square(eps)), 0.0)
+            cross += jnp.where(active, sign * jnp.sum(eps * v), 0.0)
+            guide_sq += jnp.where(active, jnp.sum(jnp.square(v)), 0.0)
+        else:
+            delta = effective_perturbation(param, delta)
+            rounded_zero += jnp.where(active, jnp.sum(jnp.square(delta / safe_scale)), 0.0)
+            rounded_guided += jnp.where(active, jnp.sum(jnp.square((delta - u) / safe_scale)), 0.0)
+        deltas.append(delta)
+    # Squared distances less the shared ‖ε‖² of the float32 leaves.
+    extra_zero = rounded_zero + jnp.where(is_guided, guide_sq + 2.0 * cross, 0.0)
+    extra_guided = rounded_guided + jnp.where(is_guided, 0.0, guide_sq - 2.0 * cross)
+    share = jnp.asarray(zero_mean_share, jnp.float32)
+    log_components = jnp.stack(
+        [jnp.log(share) - 0.5 * extra_zero, jnp.log1p(-share) - 0.5 * extra_guided]
+    )
+    log_q = log_norm - 0.5 * noise_sq + jax.nn.logsumexp(log_components)
+    return jax.tree.unflatten(jax.tree.structure(guide), deltas), log_q
 
 
 def sample_candidates(

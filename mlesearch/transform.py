@@ -342,6 +342,259 @@ def _sum_over_candidates(
     return total
 
 
+class _Settings(NamedTuple):
+    """The arguments of :func:`mgs`, checked and normalised."""
+
+    num_candidates: int
+    num_zero_mean: int
+    chunk: int  # candidates evaluated at once; num_candidates when not chunked.
+    sigma: Any  # float or traced scalar.
+    temperature: Any  # float, traced scalar, or "auto".
+    target_ess: Any  # float or traced scalar; used with temperature="auto".
+    weighting: str
+    noise: str
+    antithetic: bool
+    sharding: jax.sharding.NamedSharding | None  # of the candidate axis, or None.
+    key: jax.Array | None  # the canonical key; None when traced (not needed in update).
+
+
+def _check_settings(
+    num_candidates: Any,
+    sigma: Any,
+    temperature: Any,
+    mix: Any,
+    weighting: Any,
+    noise: Any,
+    antithetic: Any,
+    chunk_size: Any,
+    key: Any,
+    target_ess: Any,
+    mesh: Any,
+    candidate_axis: Any,
+) -> _Settings:
+    """Checks the arguments of :func:`mgs` and returns them normalised, or raises ValueError."""
+    num_candidates = _static_int(num_candidates, "num_candidates")
+    if num_candidates < 1:
+        raise ValueError(f"num_candidates must be at least 1, got {num_candidates}.")
+    if _is_tracer(mix):
+        raise ValueError(
+            'mix must be a static Python number; with optax.inject_hyperparams, add "mix" to '
+            "static_args."
+        )
+    mix = float(np.asarray(mix))
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be in [0, 1], got {mix}.")
+    _check_positive(sigma, "sigma")
+    auto = isinstance(temperature, str)
+    if auto and temperature != "auto":
+        raise ValueError(f'temperature must be a positive number or "auto", got {temperature!r}.')
+    if not auto:
+        _check_positive(temperature, "temperature")
+    if auto and not _is_tracer(target_ess):
+        target = float(np.asarray(target_ess))
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target_ess is a fraction of num_candidates in (0, 1], got {target}.")
+    if weighting not in sampling.WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {sampling.WEIGHTINGS}, got {weighting!r}.")
+    if noise not in sampling.NOISE_SCALES:
+        raise ValueError(f"noise must be one of {sampling.NOISE_SCALES}, got {noise!r}.")
+    if not isinstance(antithetic, bool | np.bool_):
+        raise ValueError(f"antithetic must be a bool, got {antithetic!r}.")
+    num_zero_mean, num_guided = sampling.component_sizes(num_candidates, mix)
+    if antithetic and (num_zero_mean % 2 or num_guided % 2):
+        raise ValueError(
+            f"antithetic=True pairs candidates within each component, but mix={mix} with "
+            f"num_candidates={num_candidates} gives {num_zero_mean} zero-mean and {num_guided} "
+            "guided candidates. Choose num_candidates and mix so that both counts are even."
+        )
+    if chunk_size is None:
+        chunk = num_candidates
+    else:
+        chunk = _static_int(chunk_size, "chunk_size")
+        if chunk < 1:
+            raise ValueError(f"chunk_size must be at least 1 or None, got {chunk}.")
+        chunk = min(chunk, num_candidates)
+    return _Settings(
+        num_candidates=num_candidates,
+        num_zero_mean=num_zero_mean,
+        chunk=chunk,
+        sigma=sigma,
+        temperature=temperature,
+        target_ess=target_ess,
+        weighting=weighting,
+        noise=noise,
+        antithetic=bool(antithetic),
+        sharding=_candidate_sharding(mesh, candidate_axis),
+        # Under inject_hyperparams without "key" in static_args the key arrives as an array:
+        # traced in update (where it is not needed) and concrete in init (where it is).
+        key=None if _is_tracer(key) else _utils.canonicalize_key(key),
+    )
+
+
+def _initial_state(settings: _Settings) -> MGSState:
+    """The state before the first step: the seed's key, count 0 and zero diagnostics."""
+    if settings.key is None:
+        raise ValueError(
+            'The key of mgs must be concrete at init; with optax.inject_hyperparams, add "key" '
+            "to static_args."
+        )
+    zeros = jnp.zeros((settings.num_candidates,), jnp.float32)
+    scalar = jnp.zeros((), jnp.float32)
+    return MGSState(
+        key=settings.key,
+        count=jnp.zeros((), jnp.int32),
+        info=MGSInfo(
+            candidate_losses=zeros,
+            weights=zeros,
+            ess=scalar,
+            guide_weight=scalar,
+            temperature=scalar,
+        ),
+    )
+
+
+def _bound_task_loss(
+    updates: Any, params: Any, task_loss_fn: Callable[..., Any] | None, extra_args: dict[str, Any]
+) -> tuple[Callable[[Any], jax.Array], dict[str, Any]]:
+    """Checks the arguments of ``update``; returns ``params -> task loss`` and its kwargs."""
+    if params is None:
+        raise ValueError(
+            "mgs needs the current parameters: call tx.update(updates, state, params, "
+            "task_loss_fn=...)."
+        )
+    if task_loss_fn is None:
+        raise ValueError(
+            "mgs needs a task loss: call tx.update(updates, state, params, "
+            "task_loss_fn=f), where f(params, **kwargs) returns a scalar."
+        )
+    _check_params(params)
+    _check_guide_matches_params(updates, params)
+    loss_kwargs = _utils.route_kwargs(task_loss_fn, extra_args)
+
+    def loss_fn(candidate_params: Any) -> jax.Array:
+        return task_loss_fn(candidate_params, **loss_kwargs)
+
+    _check_task_loss(loss_fn, params)
+    return loss_fn, loss_kwargs
+
+
+def _candidate_losses(
+    draw: Callable[[jax.Array], tuple[Any, jax.Array]],
+    loss_at: Callable[[jax.Array, Any], jax.Array],
+    num_candidates: int,
+    chunk: int,
+    sharding: jax.sharding.NamedSharding | None,
+) -> tuple[jax.Array, jax.Array, Any]:
+    """Every candidate's task loss and log q, chunked and placed on the mesh as asked.
+
+    Args:
+      draw: ``index -> (Δ_index, log q(Δ_index))``.
+      loss_at: ``(index, Δ) -> task loss`` of the candidate.
+      num_candidates: n.
+      chunk: candidates evaluated at once; ``n`` for all at once.
+      sharding: the candidate axis's sharding, or None.
+
+    Returns:
+      ``(losses, log_q, deltas)``: losses and log q of shape ``(n,)``; ``deltas``, the stacked
+      candidates (leaves ``(n, *shape)``) when all were drawn at once and are kept for the
+      weighted sum, else None (they are drawn again from their keys).
+    """
+    indices = jnp.arange(num_candidates, dtype=jnp.int32)
+    if chunk >= num_candidates:
+        # All at once: draw them once, keep them for the weighted sum, and stay out of loops
+        # (XLA runs loop bodies with less parallelism than top-level code).
+        placed = _constrain(indices, sharding)
+        deltas, log_q = _constrain(jax.vmap(draw)(placed), sharding)
+        losses = _constrain(jax.vmap(loss_at)(placed, deltas), sharding)
+        return losses, log_q, deltas
+
+    def evaluate(index: jax.Array) -> tuple[jax.Array, jax.Array]:
+        delta, log_q = draw(index)
+        return loss_at(index, delta), log_q
+
+    if sharding is None:
+        losses, log_q = jax.lax.map(evaluate, indices, batch_size=chunk)
+    else:
+        losses, log_q = _map_over_candidates(evaluate, indices, chunk, sharding)
+    return losses, log_q, None
+
+
+def _weighted_mean(
+    weights: jax.Array,
+    deltas: Any,
+    draw: Callable[[jax.Array], tuple[Any, jax.Array]],
+    like: Any,
+    chunk: int,
+    sharding: jax.sharding.NamedSharding | None,
+) -> Any:
+    """Σᵢ wᵢ Δᵢ in float32: from the kept ``deltas``, or drawn again chunk by chunk if None."""
+    if deltas is not None:
+        return _weighted_sum(weights, deltas, like, sharding)
+    return _sum_over_candidates(lambda i: draw(i)[0], weights, like, chunk, sharding)
+
+
+def _step(
+    settings: _Settings,
+    updates: Any,
+    state: MGSState,
+    params: Any,
+    loss_fn: Callable[[Any], jax.Array],
+    sharding: jax.sharding.NamedSharding | None,
+) -> tuple[Any, MGSState]:
+    """One MGS step on checked arguments: draw, evaluate and weigh the candidates."""
+    next_key, step_key = jax.random.split(state.key)
+    num_zero_mean = settings.num_zero_mean
+    # A guide with a NaN or inf anywhere cannot place the guided candidates: they are drawn
+    # around a finite stand-in and then given no weight, while the zero-mean candidates still
+    # search, so that nothing non-finite reaches the update. The proposal is then the zero-mean
+    # component alone (λ = 1 in log q).
+    guide_is_finite = jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)])
+    )
+    guide = jax.tree.map(lambda u: jnp.where(jnp.isfinite(u), u, jnp.zeros_like(u)), updates)
+    scales = sampling.proposal_scales(updates, settings.sigma, settings.noise)
+    share = jnp.where(guide_is_finite, num_zero_mean / settings.num_candidates, 1.0)
+
+    def draw(index: jax.Array) -> tuple[Any, jax.Array]:
+        # On a low-precision leaf the candidate really evaluated is round(θ + Δ): its effective
+        # perturbation is the one returned, and the one in log q.
+        return sampling.sample_candidate_and_log_q(
+            step_key, index, guide, scales, num_zero_mean, share, settings.antithetic, params
+        )
+
+    def loss_at(index: jax.Array, delta: Any) -> jax.Array:
+        candidate = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, delta)
+        loss = jnp.asarray(loss_fn(candidate), jnp.float32)
+        return jnp.where(guide_is_finite | (index < num_zero_mean), loss, jnp.nan)
+
+    losses, log_q, deltas = _candidate_losses(
+        draw, loss_at, settings.num_candidates, settings.chunk, sharding
+    )
+    log_q = log_q if settings.weighting == "importance" else None
+    if isinstance(settings.temperature, str):
+        previous = state.info.temperature
+        alpha = sampling.auto_temperature(
+            losses,
+            log_q,
+            settings.target_ess,
+            settings.weighting,
+            fallback=jnp.where(previous > 0, previous, 1.0),
+        )
+    else:
+        alpha = jnp.asarray(settings.temperature, jnp.float32)
+    weights = sampling.candidate_weights(losses, log_q, alpha, settings.weighting)
+    mean_delta = _weighted_mean(weights, deltas, draw, guide, settings.chunk, sharding)
+    info = MGSInfo(
+        candidate_losses=losses,
+        weights=weights,
+        ess=sampling.effective_sample_size(weights),
+        guide_weight=jnp.sum(weights[num_zero_mean:]),
+        temperature=jnp.asarray(alpha, jnp.float32),
+    )
+    new_state = MGSState(key=next_key, count=optax.safe_increment(state.count), info=info)
+    return optax.tree.cast_like(mean_delta, updates), new_state
+
+
 def mgs(
     num_candidates: int = 4,
     sigma: float | jax.Array = 1.0,
@@ -446,163 +699,24 @@ def mgs(
       [2] Owen 2013, *Monte Carlo theory, methods and examples*, ch. 9.
       [3] Veach & Guibas 1995 (balance heuristic).
     """
-    num_candidates = _static_int(num_candidates, "num_candidates")
-    if num_candidates < 1:
-        raise ValueError(f"num_candidates must be at least 1, got {num_candidates}.")
-    if _is_tracer(mix):
-        raise ValueError(
-            'mix must be a static Python number; with optax.inject_hyperparams, add "mix" to '
-            "static_args."
-        )
-    mix = float(np.asarray(mix))
-    if not 0.0 <= mix <= 1.0:
-        raise ValueError(f"mix must be in [0, 1], got {mix}.")
-    _check_positive(sigma, "sigma")
-    auto = isinstance(temperature, str)
-    if auto and temperature != "auto":
-        raise ValueError(f'temperature must be a positive number or "auto", got {temperature!r}.')
-    if not auto:
-        _check_positive(temperature, "temperature")
-    if auto and not _is_tracer(target_ess):
-        target = float(np.asarray(target_ess))
-        if not 0.0 < target <= 1.0:
-            raise ValueError(f"target_ess is a fraction of num_candidates in (0, 1], got {target}.")
-    if weighting not in sampling.WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {sampling.WEIGHTINGS}, got {weighting!r}.")
-    if noise not in sampling.NOISE_SCALES:
-        raise ValueError(f"noise must be one of {sampling.NOISE_SCALES}, got {noise!r}.")
-    if not isinstance(antithetic, bool | np.bool_):
-        raise ValueError(f"antithetic must be a bool, got {antithetic!r}.")
-    num_zero_mean, num_guided = sampling.component_sizes(num_candidates, mix)
-    if antithetic and (num_zero_mean % 2 or num_guided % 2):
-        raise ValueError(
-            f"antithetic=True pairs candidates within each component, but mix={mix} with "
-            f"num_candidates={num_candidates} gives {num_zero_mean} zero-mean and {num_guided} "
-            "guided candidates. Choose num_candidates and mix so that both counts are even."
-        )
-    if chunk_size is None:
-        chunk = num_candidates
-    else:
-        chunk = _static_int(chunk_size, "chunk_size")
-        if chunk < 1:
-            raise ValueError(f"chunk_size must be at least 1 or None, got {chunk}.")
-        chunk = min(chunk, num_candidates)
-    candidate_sharding = _candidate_sharding(mesh, candidate_axis)
-    # Under inject_hyperparams without "key" in static_args the key arrives as an array: traced in
-    # update (where it is not needed) and concrete in init (where it is).
-    canonical_key = None if _is_tracer(key) else _utils.canonicalize_key(key)
-    zero_mean_share = num_zero_mean / num_candidates
+    settings = _check_settings(
+        num_candidates,
+        sigma,
+        temperature,
+        mix,
+        weighting,
+        noise,
+        antithetic,
+        chunk_size,
+        key,
+        target_ess,
+        mesh,
+        candidate_axis,
+    )
 
     def init_fn(params: optax.Params) -> MGSState:
         del params
-        if canonical_key is None:
-            raise ValueError(
-                'The key of mgs must be concrete at init; with optax.inject_hyperparams, add "key" '
-                "to static_args."
-            )
-        zeros = jnp.zeros((num_candidates,), jnp.float32)
-        scalar = jnp.zeros((), jnp.float32)
-        return MGSState(
-            key=canonical_key,
-            count=jnp.zeros((), jnp.int32),
-            info=MGSInfo(
-                candidate_losses=zeros,
-                weights=zeros,
-                ess=scalar,
-                guide_weight=scalar,
-                temperature=scalar,
-            ),
-        )
-
-    def search(
-        updates: optax.Updates,
-        state: MGSState,
-        params: optax.Params,
-        loss_fn: Callable[[Any], jax.Array],
-        candidate_sharding: jax.sharding.NamedSharding | None,
-    ) -> tuple[optax.Updates, MGSState]:
-        """One step once the arguments are checked: draw, evaluate and weigh the candidates."""
-        next_key, step_key = jax.random.split(state.key)
-        # A guide with a NaN or inf anywhere cannot place the guided candidates: they are drawn
-        # around a finite stand-in and then given no weight, while the zero-mean candidates
-        # still search, so that nothing non-finite reaches the update. The proposal is then the
-        # zero-mean component alone (λ = 1 in log q).
-        guide_is_finite = jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)])
-        )
-        guide = jax.tree.map(lambda u: jnp.where(jnp.isfinite(u), u, jnp.zeros_like(u)), updates)
-        scales = sampling.proposal_scales(updates, sigma, noise)
-        share = jnp.where(guide_is_finite, zero_mean_share, 1.0)
-
-        def draw(index: jax.Array) -> Any:
-            delta = sampling.sample_candidate(
-                step_key, index, guide, scales, num_zero_mean, antithetic
-            )
-            # On a low-precision leaf the candidate really evaluated is round(θ + Δ), so its
-            # perturbation is round(θ + Δ) - θ: that one enters log q and the weighted sum.
-            return jax.tree.map(_effective_delta, params, delta)
-
-        def evaluate_delta(index: jax.Array, delta: Any) -> tuple[jax.Array, jax.Array]:
-            candidate_params = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, delta)
-            loss = jnp.asarray(loss_fn(candidate_params), jnp.float32)
-            usable = guide_is_finite | (index < num_zero_mean)
-            loss = jnp.where(usable, loss, jnp.nan)
-            if weighting == "importance":
-                log_q = sampling.log_proposal_density(delta, guide, scales, share)
-            else:
-                log_q = jnp.zeros((), jnp.float32)
-            return loss, log_q
-
-        def evaluate(index: jax.Array) -> tuple[jax.Array, jax.Array]:
-            return evaluate_delta(index, draw(index))
-
-        indices = jnp.arange(num_candidates, dtype=jnp.int32)
-        # All candidates at once: draw them once, keep them for the weighted sum, and stay out of
-        # loops (XLA runs loop bodies with less parallelism than top-level code).
-        all_at_once = chunk >= num_candidates
-        if all_at_once:
-            placed = _constrain(indices, candidate_sharding)
-            deltas = _constrain(jax.vmap(draw)(placed), candidate_sharding)
-            candidate_losses, log_proposals = _constrain(
-                jax.vmap(evaluate_delta)(placed, deltas), candidate_sharding
-            )
-        elif candidate_sharding is None:
-            candidate_losses, log_proposals = jax.lax.map(evaluate, indices, batch_size=chunk)
-        else:
-            candidate_losses, log_proposals = _map_over_candidates(
-                evaluate, indices, chunk, candidate_sharding
-            )
-        if weighting != "importance":
-            log_proposals = None
-
-        if auto:
-            previous = state.info.temperature
-            alpha = sampling.auto_temperature(
-                candidate_losses,
-                log_proposals,
-                target_ess,
-                weighting,
-                fallback=jnp.where(previous > 0, previous, 1.0),
-            )
-        else:
-            alpha = jnp.asarray(temperature, jnp.float32)
-        weights = sampling.candidate_weights(candidate_losses, log_proposals, alpha, weighting)
-
-        if all_at_once:
-            mean_delta = _weighted_sum(weights, deltas, guide, candidate_sharding)
-        else:
-            # Chunked: draw the candidates again from their keys rather than storing them.
-            mean_delta = _sum_over_candidates(draw, weights, guide, chunk, candidate_sharding)
-        new_updates = jax.tree.map(lambda d, u: d.astype(jnp.asarray(u).dtype), mean_delta, updates)
-        info = MGSInfo(
-            candidate_losses=candidate_losses,
-            weights=weights,
-            ess=sampling.effective_sample_size(weights),
-            guide_weight=jnp.sum(weights[num_zero_mean:]),
-            temperature=jnp.asarray(alpha, jnp.float32),
-        )
-        count = jnp.where(state.count < jnp.iinfo(jnp.int32).max, state.count + 1, state.count)
-        return new_updates, MGSState(key=next_key, count=count, info=info)
+        return _initial_state(settings)
 
     def update_fn(
         updates: optax.Updates,
@@ -612,27 +726,9 @@ def mgs(
         task_loss_fn: Callable[..., jax.Array] | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, MGSState]:
-        if params is None:
-            raise ValueError(
-                "mgs needs the current parameters: call tx.update(updates, state, params, "
-                "task_loss_fn=...)."
-            )
-        if task_loss_fn is None:
-            raise ValueError(
-                "mgs needs a task loss: call tx.update(updates, state, params, "
-                "task_loss_fn=f), where f(params, **kwargs) returns a scalar."
-            )
-        _check_params(params)
-        _check_guide_matches_params(updates, params)
-        loss_kwargs = _utils.route_kwargs(task_loss_fn, extra_args)
-
-        def loss_fn(candidate_params: Any) -> jax.Array:
-            return task_loss_fn(candidate_params, **loss_kwargs)
-
-        _check_task_loss(loss_fn, params)
-
-        sharding = _resolve_sharding(candidate_sharding, (updates, params, loss_kwargs))
+        loss_fn, loss_kwargs = _bound_task_loss(updates, params, task_loss_fn, extra_args)
+        sharding = _resolve_sharding(settings.sharding, (updates, params, loss_kwargs))
         with _mesh_context(sharding):
-            return search(updates, state, params, loss_fn, sharding)
+            return _step(settings, updates, state, params, loss_fn, sharding)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -290,3 +290,55 @@ def test_antithetic_relative_noise_on_a_multi_leaf_tree():
     first = standardized["w"][0::2, 0]
     for other in (standardized["b"][0::2, 0], standardized["tiny"][0::2, 0]):
         assert abs(np.corrcoef(first, other)[0, 1]) < 0.1
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_log_q_from_the_drawing_pass_matches_the_density_of_the_candidate(share, antithetic):
+    # Mixed tree: a float32 leaf, a bfloat16 leaf (its rounded perturbation is the candidate), a
+    # float16 leaf, and a leaf whose relative scale is zero (left out of the density).
+    key = jax.random.key(3)
+    guide = {
+        "a": jnp.linspace(-2.0, 2.0, 500),
+        "b": jnp.full((4, 3), 0.3),
+        "c": jnp.linspace(0.1, 1.0, 7),
+        "zero": jnp.zeros((5,)),
+    }
+    params = {
+        "a": jnp.linspace(1.0, 3.0, 500),
+        "b": jnp.ones((4, 3), jnp.bfloat16),
+        "c": jnp.full((7,), 5.0, jnp.float16),
+        "zero": jnp.zeros((5,)),
+    }
+    scales = mls.proposal_scales(guide, 0.8, "relative")
+    sample = jax.jit(mls.sampling.sample_candidate_and_log_q, static_argnums=(4, 6))
+    for index in range(4):
+        delta, log_q = sample(key, index, guide, scales, 2, share, antithetic, params)
+        drawn = mls.sample_candidate(key, index, guide, scales, 2, antithetic)
+        expected_delta = jax.tree.map(mls.sampling.effective_perturbation, params, drawn)
+        chex.assert_trees_all_close(delta, expected_delta, atol=1e-6, rtol=1e-6)
+        assert expected_delta["b"].dtype == jnp.float32
+        assert not np.array_equal(expected_delta["b"], drawn["b"])  # really rounded
+        expected = mls.log_proposal_density(expected_delta, guide, scales, share)
+        np.testing.assert_allclose(log_q, expected, rtol=1e-5)
+        assert np.isfinite(log_q)
+
+
+def test_log_q_from_the_drawing_pass_keeps_the_component_difference_in_high_dimension():
+    # At d = 10⁶ the shared ‖ε‖² (about 10⁶) leaves the log-sum-exp, so the gap between the two
+    # components' log densities, which sets the importance weights, is not lost to rounding.
+    dim = 1_000_000
+    key = jax.random.key(0)
+    guide = {"w": jnp.full((dim,), 1e-3)}
+    scales = mls.proposal_scales(guide, 1.0)
+    _, log_q = mls.sampling.sample_candidate_and_log_q(key, 1, guide, scales, 1, 0.5)
+    eps = jax.random.normal(jax.random.fold_in(key, 1), (dim,), jnp.float32).astype(np.float64)
+    u = np.full((dim,), 1e-3)
+    # Guided candidate Δ = u + ε: ‖Δ‖² - ‖Δ - u‖² = ‖u‖² + 2 ε·u, computed in float64.
+    gap = np.sum(u**2) + 2 * np.dot(np.asarray(eps), u)
+    expected = (
+        -0.5 * dim * np.log(2 * np.pi)
+        - 0.5 * np.sum(np.asarray(eps) ** 2)
+        + np.logaddexp(np.log(0.5) - 0.5 * gap, np.log(0.5))
+    )
+    np.testing.assert_allclose(float(log_q), expected, rtol=1e-6)
