@@ -8,14 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlesearch.decoding import (
+from mlesearch.seq.decoding import (
     DecodeOutput,
     Decoder,
     greedy_decode,
     sample_decode,
     transformer_decoder,
 )
-from mlesearch.models import TransformerConfig, TransformerLM, token_log_probs
+from mlesearch.seq.models import TransformerConfig, TransformerLM, token_log_probs
 
 # One layer keeps compilation short; models_test.py checks the cache of a two-layer model.
 CONFIG = TransformerConfig(

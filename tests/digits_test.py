@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from mlesearch.tasks.digits import load_splits, make_task
+from mlesearch.experiments.tasks.digits import load_splits, make_task
 
 
 def test_split_is_fixed_disjoint_and_scaled():

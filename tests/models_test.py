@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlesearch.models import (
+from mlesearch.seq.models import (
     KVCache,
     TransformerConfig,
     TransformerLM,

@@ -13,7 +13,7 @@ References:
 
 import ml_collections
 
-from mlesearch.configs.common import base_config
+from mlesearch.experiments.configs.common import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     Returns:
       A ConfigDict; ``task_config`` holds every field that
-      `mlesearch.tasks.translation.make_task` reads.
+      `mlesearch.experiments.tasks.translation.make_task` reads.
     """
     config = base_config()
     config.task = "translation"

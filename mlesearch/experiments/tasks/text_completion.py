@@ -119,9 +119,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlesearch import baselines, metrics
-from mlesearch.decoding import greedy_decode, sample_decode, transformer_decoder
-from mlesearch.models import TransformerConfig, TransformerLM, token_log_probs
-from mlesearch.tasks.base import Batch, Metric, Params, Samples, Task
+from mlesearch.experiments.tasks.base import Batch, Metric, Params, Samples, Task
+from mlesearch.seq.decoding import greedy_decode, sample_decode, transformer_decoder
+from mlesearch.seq.models import TransformerConfig, TransformerLM, token_log_probs
 
 PAD_ID = 0
 EOS_ID = 1
