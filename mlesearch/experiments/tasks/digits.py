@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlesearch import metrics
 from mlesearch.experiments.tasks.base import Metric, Samples, Task
+from mlesearch.seq import metrics
 
 NUM_CLASSES = 10
 NUM_FEATURES = 64

@@ -51,9 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlesearch import metrics
 from mlesearch.experiments.tasks.base import Metric, Samples, Task
 from mlesearch.experiments.tasks.digits import MLP, NUM_CLASSES, NUM_FEATURES
+from mlesearch.seq import metrics
 
 SPLITS = ("train", "valid", "test")
 FINETUNE = ("head", "all")

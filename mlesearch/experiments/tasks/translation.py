@@ -72,9 +72,9 @@ import jax.numpy as jnp
 import numpy as np
 from babel import dates as babel_dates
 
-from mlesearch import metrics
 from mlesearch.baselines import unique_sample_mask
 from mlesearch.experiments.tasks.base import Batch, Metric, Params, Samples, Task
+from mlesearch.seq import metrics
 from mlesearch.seq.decoding import DecodeOutput, greedy_decode, sample_decode, transformer_decoder
 from mlesearch.seq.models import TransformerConfig, TransformerLM, lm_loss, token_log_probs
 
