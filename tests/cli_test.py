@@ -5,7 +5,6 @@ import re
 import shlex
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -29,13 +28,7 @@ TINY_OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-    """XLA's optimisations change nothing in these results and slow down their compilation."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def test_overrides_take_the_type_of_the_field():

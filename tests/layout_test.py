@@ -7,8 +7,6 @@ lazy attributes of ``mlesearch/__init__.py`` name their modules in strings.
 """
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -111,7 +109,7 @@ def test_a_wrong_import_is_caught(layer, source, expected):
     assert violations(PACKAGE / layer, source) == [f"mlesearch.{name}" for name in expected]
 
 
-def test_library_imports_no_experiment_dependencies():
+def test_library_imports_no_experiment_dependencies(run_python):
     # In a fresh process: the toolkit without flax where it can, and no harness dependencies.
     code = (
         "import sys\n"
@@ -121,11 +119,7 @@ def test_library_imports_no_experiment_dependencies():
         "import mlesearch.seq.decoding\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines() == ["[]", "['flax']"], result.stdout
+    assert run_python(["-c", code], timeout=300).splitlines() == ["[]", "['flax']"]
 
 
 def test_documented_short_names_load_the_moved_modules():

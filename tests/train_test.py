@@ -52,12 +52,7 @@ def tiny_config(method: str, experiment=digits, **changes):
     return config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 @pytest.fixture(scope="module")
