@@ -1,4 +1,4 @@
-"""Tests for mlesearch.tasks.text_completion: data, tokenizer, losses, sampling and evaluation."""
+"""Tests for mlesearch.experiments.tasks.text_completion: data, tokenizer, losses, evaluation."""
 
 from __future__ import annotations
 

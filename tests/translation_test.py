@@ -1,4 +1,4 @@
-"""Tests for mlesearch.tasks.translation: CLDR dates from English to German, scored by BLEU."""
+"""Tests for mlesearch.experiments.tasks.translation: English to German dates, scored by BLEU."""
 
 from __future__ import annotations
 

@@ -267,7 +267,7 @@ def unique_sample_mask(samples: jax.Array) -> jax.Array:
     """Marks the first occurrence of each distinct sample of an input; later duplicates are false.
 
     Samples are compared whole, so pad them canonically (for example, with the padding that the
-    decoders in `decoding.py` write after EOS). The cost is ``O(num_samples² · length)``.
+    decoders in `mlesearch.seq.decoding` write after EOS). The cost is ``O(num_samples² · length)``.
 
     Args:
       samples: integer token arrays, shape ``(batch, num_samples, length)``.

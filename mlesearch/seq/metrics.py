@@ -7,8 +7,8 @@ and the classification metrics accuracy, balanced accuracy and F1. Every functio
 ``jax.numpy``, with no host callback and no Python loop over data, so it runs under ``jax.jit``
 and ``jax.vmap``.
 Integer hyperparameters (``n``, ``max_order``, ``num_classes``) and string options are static.
-What does not live here: task losses built from these metrics (``mlesearch/tasks/``) and
-decoding (``mlesearch/decoding.py``).
+What does not live here: task losses built from these metrics (``mlesearch/experiments/tasks/``)
+and decoding (``mlesearch/seq/decoding.py``).
 
 How a row of tokens is read
 ---------------------------

@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.es.learning_rate = 1.0
     config.es.alpha = 0.5
 
-    # The task itself (see mlesearch/tasks/translation.py).
+    # The task itself (see mlesearch/experiments/tasks/translation.py).
     task = config.task_config
     task.source_locale = "en"  # CLDR locale of the sources.
     task.target_locale = "de"  # CLDR locale of the targets.
