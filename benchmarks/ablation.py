@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlesearch import cli, train
+from mlesearch.experiments import cli, report, train
 
 # One knob at a time, from the experiment's own MGS settings.
 DEFAULT_GRID: dict[str, list[str]] = {
@@ -110,7 +110,7 @@ def main() -> None:
     primary = next(m for m in task.metrics if m.name == task.primary_metric)
     reference = settings[0][0] if not args.no_mle else None
     paired = (
-        cli.paired_differences(all_runs, [r["setting"] for r in rows], [primary], reference)
+        report.paired_differences(all_runs, [r["setting"] for r in rows], [primary], reference)
         if reference is not None
         else None
     )
@@ -121,7 +121,7 @@ def main() -> None:
         cells = " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in row["cells"].values())
         if paired:
             stats = paired["rows"].get(row["setting"], {}).get(primary.name)
-            difference, wins = cli.format_difference(stats)
+            difference, wins = report.format_difference(stats)
             cells += f" | {difference} | {wins}"
             row["paired"] = stats
         lines.append(f"| {row['setting']} | {cells} |")

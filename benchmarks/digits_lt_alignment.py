@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlesearch import cli, metrics, train
-from mlesearch.tasks import digits_lt
+from mlesearch import metrics
+from mlesearch.experiments import cli, train
+from mlesearch.experiments.tasks import digits_lt
 
 TAUS = (0.0, 0.5, 1.0, 1.5)
 NUM_BATCHES = 20

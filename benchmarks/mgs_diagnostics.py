@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import optax
 
-from mlesearch import cli, sampling, train
+from mlesearch import sampling
+from mlesearch.experiments import cli, train
 
 
 def main() -> None:

@@ -19,8 +19,6 @@ References:
 import importlib
 from typing import Any
 
-from mlesearch import baselines, metrics
-from mlesearch.host import host_task_loss
 from mlesearch.recipes import mgs_adamw, with_mgs
 from mlesearch.sampling import (
     auto_temperature,
@@ -36,21 +34,32 @@ from mlesearch.transform import MGSInfo, MGSState, mgs
 
 __version__ = "0.1.0"
 
-# Imported on first use: they need flax, which the transformation itself does not.
-_LAZY_SUBMODULES = ("decoding", "models")
+# The sequence toolkit (mlesearch/seq/) and the baselines (mlesearch/baselines/) are imported on
+# first use, under the short names the README documents: the core needs only jax, optax and chex,
+# while the models and decoders need flax and the ES baselines need evosax.
+_LAZY_MODULES = {
+    "baselines": "mlesearch.baselines",
+    "decoding": "mlesearch.seq.decoding",
+    "metrics": "mlesearch.seq.metrics",
+    "models": "mlesearch.seq.models",
+}
+_LAZY_FUNCTIONS = {"host_task_loss": "mlesearch.seq.host"}
 
 
 def __getattr__(name: str) -> Any:
-    """``mlesearch.decoding`` and ``mlesearch.models``, imported when first read."""
-    if name in _LAZY_SUBMODULES:
-        module = importlib.import_module(f"mlesearch.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'mlesearch' has no attribute {name!r}")
+    """``mlesearch.metrics``, ``.decoding``, ``.models``, ``.baselines``, ``.host_task_loss``."""
+    if name in _LAZY_MODULES:
+        value = importlib.import_module(_LAZY_MODULES[name])
+    elif name in _LAZY_FUNCTIONS:
+        value = getattr(importlib.import_module(_LAZY_FUNCTIONS[name]), name)
+    else:
+        raise AttributeError(f"module 'mlesearch' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_SUBMODULES})
+    return sorted({*globals(), *_LAZY_MODULES, *_LAZY_FUNCTIONS})
 
 
 __all__ = [

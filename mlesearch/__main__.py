@@ -1,6 +1,6 @@
 """``python -m mlesearch``: runs the MLE-only against MGS demonstration."""
 
-from mlesearch.demo import main
+from mlesearch.experiments.demo import main
 
 if __name__ == "__main__":
     main()

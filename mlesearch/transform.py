@@ -16,7 +16,6 @@ References:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -26,6 +25,12 @@ import numpy as np
 import optax
 
 from mlesearch import _utils, sampling
+from mlesearch._checks import check_guide_matches_params as _check_guide_matches_params
+from mlesearch._checks import check_params as _check_params
+from mlesearch._checks import check_positive as _check_positive
+from mlesearch._checks import check_task_loss as _check_task_loss
+from mlesearch._checks import is_tracer as _is_tracer
+from mlesearch._checks import static_int as _static_int
 
 
 class MGSInfo(NamedTuple):
@@ -46,112 +51,12 @@ class MGSState(NamedTuple):
     info: MGSInfo  # diagnostics of the last step (zeros before the first).
 
 
-def _is_tracer(value: Any) -> bool:
-    return isinstance(value, jax.core.Tracer)
-
-
-def _static_int(value: Any, name: str) -> int:
-    """Reads a hyperparameter that shapes arrays, so must be known at trace time."""
-    if _is_tracer(value):
-        raise ValueError(
-            f"{name} must be a static Python number, not a traced value. With "
-            f"optax.inject_hyperparams, list it in static_args, e.g. "
-            f'static_args=("num_candidates", "mix", "key", "chunk_size").'
-        )
-    array = (
-        np.asarray(value) if isinstance(value, int | np.integer | jax.Array | np.ndarray) else None
-    )
-    if (
-        isinstance(value, bool | np.bool_)
-        or array is None
-        or array.shape != ()
-        or not np.issubdtype(array.dtype, np.integer)
-    ):
-        raise ValueError(f"{name} must be an integer, got {value!r}.")
-    return int(array)
-
-
-def _check_positive(value: Any, name: str) -> None:
-    """Checks a float hyperparameter when it is concrete; traced values pass unchecked."""
-    if _is_tracer(value):
-        return
-    try:
-        number = float(np.asarray(value))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be a positive number, got {value!r}.") from error
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"{name} must be positive and finite, got {number}.")
-
-
-def _check_params(params: Any) -> None:
-    """Checks that there is something to search over, and that all of it is floating point."""
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    if not leaves:
-        raise ValueError(
-            "mgs got params with no array leaves: there is nothing to search over. Pass the "
-            "parameter pytree that the task loss takes."
-        )
-    for path, leaf in leaves:
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(
-                f"mgs perturbs floating-point parameters, but the leaf "
-                f"{jax.tree_util.keystr(path)} has dtype {dtype}: adding Gaussian noise to it "
-                "would be rounded away. Keep integer leaves out of the searched tree, e.g. with "
-                "optax.partition or optax.masked."
-            )
-
-
-def _check_guide_matches_params(guide: Any, params: Any) -> None:
-    guide_structure = jax.tree.structure(guide)
-    params_structure = jax.tree.structure(params)
-    if guide_structure != params_structure:
-        raise ValueError(
-            "The guide (the updates passed to mgs) must have the tree structure of params, got "
-            f"{guide_structure} for the guide and {params_structure} for params. Place mgs in an "
-            "optax.chain after transformations that keep the structure of params."
-        )
-    for path_and_guide, param in zip(
-        jax.tree_util.tree_leaves_with_path(guide), jax.tree.leaves(params), strict=True
-    ):
-        path, leaf = path_and_guide
-        if jnp.shape(leaf) != jnp.shape(param):
-            raise ValueError(
-                f"The guide's leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}, but "
-                f"the parameter has shape {jnp.shape(param)}."
-            )
-
-
 def _effective_delta(param: jax.Array, delta: jax.Array) -> jax.Array:
     """``round(θ + Δ) - θ`` in float32 for a leaf narrower than float32; ``Δ`` otherwise."""
     if jnp.finfo(param.dtype).bits >= 32:
         return delta
     wide = param.astype(jnp.float32)
     return (wide + delta).astype(param.dtype).astype(jnp.float32) - wide
-
-
-def _check_task_loss(loss_fn: Callable[[Any], Any], params: Any) -> None:
-    """Traces the task loss once on abstract params, to report misuse with a clear message."""
-    try:
-        out = jax.eval_shape(loss_fn, params)
-    except Exception as error:  # noqa: BLE001 - re-raised with the fix named.
-        raise ValueError(
-            "Calling task_loss_fn(params, **kwargs) failed. It must take the parameter pytree as "
-            "its first positional argument, and the keyword arguments it names are taken from "
-            f"tx.update(..., name=value). The error was: {type(error).__name__}: {error}"
-        ) from error
-    shape = getattr(out, "shape", None)
-    dtype = getattr(out, "dtype", None)
-    if (
-        shape != ()
-        or dtype is None
-        or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
-    ):
-        raise ValueError(
-            "task_loss_fn must return a real scalar (shape ()), got "
-            f"{jax.tree.map(lambda x: (x.shape, x.dtype), out)}. Reduce over the batch, for "
-            "example with jnp.mean."
-        )
 
 
 def _candidate_sharding(

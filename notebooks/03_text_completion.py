@@ -74,10 +74,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import HTML, display
 
-from mlesearch import train
-from mlesearch.configs import text_completion as text_completion_config
-from mlesearch.decoding import greedy_decode, transformer_decoder
-from mlesearch.tasks import text_completion as tc
+from mlesearch.experiments import train
+from mlesearch.experiments.configs import text_completion as text_completion_config
+from mlesearch.experiments.tasks import text_completion as tc
+from mlesearch.seq.decoding import greedy_decode, transformer_decoder
 
 SMALL = os.environ.get("MLESEARCH_SIZE", "full") == "small"
 

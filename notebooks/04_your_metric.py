@@ -17,8 +17,8 @@
 #
 # MGS never differentiates the task loss, so the loss does not even have to be JAX code. Any
 # Python function of NumPy arrays will do: here sacrebleu's sentence BLEU on detokenised text,
-# for the translation-like task of `mlesearch.tasks.translation` (English dates to German, from
-# the Unicode CLDR through babel). `mls.host_task_loss` wraps the Python function with
+# for the translation-like task of `mlesearch.experiments.tasks.translation` (English dates to
+# German, from the Unicode CLDR through babel). `mls.host_task_loss` wraps the Python function with
 # `jax.pure_callback`, so that it runs on the host from inside the jitted, vmapped evaluation
 # of the candidates.
 #
@@ -71,9 +71,9 @@ import optax
 import sacrebleu
 
 import mlesearch as mls
-from mlesearch import train
-from mlesearch.configs import translation as translation_config
-from mlesearch.tasks import translation
+from mlesearch.experiments import train
+from mlesearch.experiments.configs import translation as translation_config
+from mlesearch.experiments.tasks import translation
 
 SMALL = os.environ.get("MLESEARCH_SIZE", "full") == "small"
 STEPS = 10 if SMALL else 200

@@ -16,7 +16,8 @@ import optax
 import pytest
 from jax import flatten_util
 
-from mlesearch import baselines, host
+from mlesearch import baselines
+from mlesearch.seq import host
 
 # A categorical policy softmax(θ) over 5 actions with fixed costs: E[c] = softmax(θ) · c.
 THETA = jnp.array([0.3, -0.2, 0.5, 0.0, -0.6])

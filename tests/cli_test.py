@@ -5,12 +5,11 @@ import re
 import shlex
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
-from mlesearch import cli
-from mlesearch.tasks import Metric
+from mlesearch.experiments import cli, report
+from mlesearch.experiments.tasks import Metric
 
 # The tiny digits setting of train_test.py, as command-line overrides.
 TINY_OVERRIDES = [
@@ -29,13 +28,7 @@ TINY_OVERRIDES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-    """XLA's optimisations change nothing in these results and slow down their compilation."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 def test_overrides_take_the_type_of_the_field():
@@ -126,7 +119,7 @@ def test_table_marks_the_best_mean_of_each_metric():
             ("mgs", 0.2, 0.8, 40),
         ]
     ]
-    summary = cli.summarize(runs, ["mle", "mgs"], metrics)
+    summary = report.summarize(runs, ["mle", "mgs"], metrics)
     rows = {row["method"]: row["cells"] for row in summary["rows"]}
     assert rows["mle"]["error"]["mean"] == pytest.approx(0.3)
     assert rows["mgs"]["error"]["std"] == pytest.approx(0.0707107, rel=1e-5)
@@ -134,16 +127,16 @@ def test_table_marks_the_best_mean_of_each_metric():
     assert rows["mle"]["f1"]["best"] and not rows["mgs"]["f1"]["best"]
     assert not any(cells["seconds"]["best"] for cells in rows.values())
 
-    text = cli.format_table(summary)
+    text = report.format_table(summary)
     assert "0.1500 ± 0.0707 *" in text and "0.8000 ± 0.1414 *" in text
-    markdown = cli.format_table(summary, markdown=True)
+    markdown = report.format_table(summary, markdown=True)
     assert "**0.1500 ± 0.0707**" in markdown and markdown.startswith("| method |")
 
 
 def test_markdown_table_escapes_pipes_in_labels():
     metrics = (Metric("len_gap", True, "|len - ref|"),)
     runs = [{"method": "mle", "test": {"len_gap": 1.0}, "seconds": 1.0, "task_loss_evaluations": 0}]
-    markdown = cli.format_table(cli.summarize(runs, ["mle"], metrics), markdown=True)
+    markdown = report.format_table(report.summarize(runs, ["mle"], metrics), markdown=True)
     header, rule, row = markdown.splitlines()
     # Unescaped pipes delimit cells: every line has the same number of cells.
     count = lambda line: len(re.findall(r"(?<!\\)\|", line))
@@ -245,7 +238,7 @@ def test_paired_differences_match_a_paired_t_interval():
     mgs = [0.74, 0.73, 0.72, 0.75, 0.75]
     runs = _runs([("mle", "mle", None, mle), ("mgs", "mgs", None, mgs)])
     metrics = (Metric("f1", False, "F1"), Metric("error", True, "error"))
-    paired = cli.paired_differences(runs, ["mle", "mgs"], metrics, "mle")
+    paired = report.paired_differences(runs, ["mle", "mgs"], metrics, "mle")
     f1 = paired["rows"]["mgs"]["f1"]
     interval = stats.ttest_rel(mgs, mle).confidence_interval(0.95)
     assert f1["mean"] == pytest.approx(np.mean(np.subtract(mgs, mle)))
@@ -255,7 +248,7 @@ def test_paired_differences_match_a_paired_t_interval():
     assert paired["rows"]["mgs"]["error"]["wins"] == 5
     assert "mle" not in paired["rows"]
 
-    one_seed = cli.paired_differences(runs[:1] + runs[5:6], ["mle", "mgs"], metrics, "mle")
+    one_seed = report.paired_differences(runs[:1] + runs[5:6], ["mle", "mgs"], metrics, "mle")
     assert one_seed["rows"]["mgs"]["f1"]["low"] is None
 
 
@@ -269,9 +262,9 @@ def test_reference_row_is_the_best_plain_mle_row():
         ]
     )
     methods = ["mle", "mle_double_lr", "mle_logit_adjusted", "mgs"]
-    assert cli.reference_row(runs, methods, Metric("f1", False)) == "mle_double_lr"
-    assert cli.reference_row(runs, methods, Metric("error", True)) == "mle_double_lr"
-    assert cli.reference_row(runs[-2:], ["mgs"], Metric("f1", False)) is None
+    assert report.reference_row(runs, methods, Metric("f1", False)) == "mle_double_lr"
+    assert report.reference_row(runs, methods, Metric("error", True)) == "mle_double_lr"
+    assert report.reference_row(runs[-2:], ["mgs"], Metric("f1", False)) is None
 
 
 LT_OVERRIDES = [

@@ -8,14 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlesearch.decoding import (
+from mlesearch.seq.decoding import (
     DecodeOutput,
     Decoder,
     greedy_decode,
     sample_decode,
     transformer_decoder,
 )
-from mlesearch.models import TransformerConfig, TransformerLM, token_log_probs
+from mlesearch.seq.models import TransformerConfig, TransformerLM, token_log_probs
 
 # One layer keeps compilation short; models_test.py checks the cache of a two-layer model.
 CONFIG = TransformerConfig(
@@ -57,25 +57,9 @@ def _sample(
     )
 
 
-def _random_params(seed: int) -> chex.ArrayTree:
-    """Random parameters drawn with numpy: no compilation, unlike a jitted ``MODEL.init``."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(MODEL.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-
-    def draw(path: tuple[jax.tree_util.DictKey, ...], leaf: jax.ShapeDtypeStruct) -> np.ndarray:
-        name = path[-1].key
-        noise = rng.normal(size=leaf.shape)
-        value = {"embedding": noise, "scale": 1.0 + 0.2 * noise, "bias": 0.2 * noise}.get(
-            name, 0.3 * noise
-        )
-        return value.astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.fixture(scope="module")
-def params() -> chex.ArrayTree:
-    return _random_params(seed=0)
+def params(random_transformer_params) -> chex.ArrayTree:
+    return random_transformer_params(MODEL, seed=0)
 
 
 @pytest.fixture(scope="module")

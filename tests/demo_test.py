@@ -1,6 +1,6 @@
 """The ``python -m mlesearch`` demonstration runs and MGS beats MLE-only on the 0/1 error."""
 
-from mlesearch import demo
+from mlesearch.experiments import demo
 
 
 def test_demo_mgs_beats_mle_only_on_test_error(capsys):

@@ -7,8 +7,8 @@ import optax
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from mlesearch.configs import digits_lt as digits_lt_config
-from mlesearch.tasks import digits_lt
+from mlesearch.experiments.configs import digits_lt as digits_lt_config
+from mlesearch.experiments.tasks import digits_lt
 
 
 @pytest.fixture(scope="module")

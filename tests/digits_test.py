@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from mlesearch.tasks.digits import load_splits, make_task
+from mlesearch.experiments.tasks.digits import load_splits, make_task
 
 
 def test_split_is_fixed_disjoint_and_scaled():
@@ -30,13 +30,7 @@ def test_split_is_fixed_disjoint_and_scaled():
     assert not np.array_equal(other["test"][1], splits["test"][1])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-    """XLA's optimisations change nothing in these results and slow down their compilation."""
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 @pytest.fixture(scope="module")

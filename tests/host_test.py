@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlesearch import host
+from mlesearch.seq import host
 
 EOS = 0
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlesearch.models import (
+from mlesearch.seq.models import (
     KVCache,
     TransformerConfig,
     TransformerLM,
@@ -38,24 +38,9 @@ def tokens() -> jax.Array:
     return jnp.asarray(token_ids, jnp.int32)
 
 
-def _random_params(model: TransformerLM, seed: int) -> chex.ArrayTree:
-    """Random parameters drawn with numpy: no compilation, unlike a jitted ``model.init``."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-
-    def draw(path: tuple[jax.tree_util.DictKey, ...], leaf: jax.ShapeDtypeStruct) -> np.ndarray:
-        noise = rng.normal(size=leaf.shape)
-        value = {"embedding": noise, "scale": 1.0 + 0.2 * noise, "bias": 0.2 * noise}.get(
-            path[-1].key, 0.3 * noise
-        )
-        return value.astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.fixture(scope="module")
-def params() -> chex.ArrayTree:
-    return _random_params(MODEL, seed=0)
+def params(random_transformer_params) -> chex.ArrayTree:
+    return random_transformer_params(MODEL, seed=0)
 
 
 def test_init_builds_a_tied_pre_layernorm_model() -> None:

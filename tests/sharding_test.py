@@ -6,8 +6,6 @@ starts (``XLA_FLAGS=--xla_force_host_platform_device_count=4``).
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -104,18 +102,11 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("chunk_size", [None, 4])
-def test_candidates_sharded_over_four_devices_match_one_device(chunk_size):
+def test_candidates_sharded_over_four_devices_match_one_device(run_python, chunk_size):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     env.pop("JAX_PLATFORMS", None)
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(chunk_size)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    stdout = run_python(["-c", SCRIPT, json.dumps(chunk_size)], env=env)
+    out = json.loads(stdout.strip().splitlines()[-1])
     assert out["one_axis"] < 1e-5, out
     assert out["two_axes"] < 1e-5, out
     assert "AxisType.Explicit" in out["explicit_types"], out

@@ -1,4 +1,4 @@
-"""Tests for mlesearch.tasks.text_completion: data, tokenizer, losses, sampling and evaluation."""
+"""Tests for mlesearch.experiments.tasks.text_completion: data, tokenizer, losses, evaluation."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from mlesearch import metrics
-from mlesearch.configs import text_completion as text_completion_config
-from mlesearch.decoding import DecodeOutput, sample_decode, transformer_decoder
-from mlesearch.tasks import text_completion as tc
-from mlesearch.tasks.base import Samples, Task
+from mlesearch.experiments.configs import text_completion as text_completion_config
+from mlesearch.experiments.tasks import text_completion as tc
+from mlesearch.experiments.tasks.base import Samples, Task
+from mlesearch.seq.decoding import DecodeOutput, sample_decode, transformer_decoder
 
 BATCH = 4
 NUM_CANDIDATES = 4

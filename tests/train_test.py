@@ -14,10 +14,10 @@ import jax
 import optax
 import pytest
 
-from mlesearch import train
-from mlesearch.configs import digits, digits_lt
-from mlesearch.configs.common import METHODS
-from mlesearch.tasks.digits_lt import LOGIT_ADJUSTMENT_TAUS
+from mlesearch.experiments import train
+from mlesearch.experiments.configs import digits, digits_lt
+from mlesearch.experiments.configs.common import METHODS
+from mlesearch.experiments.tasks.digits_lt import LOGIT_ADJUSTMENT_TAUS
 
 # Small enough to compile and run in seconds; the pretrained model is left far from converged, so
 # that fine-tuning has room to lower the task loss within 30 steps.
@@ -52,12 +52,7 @@ def tiny_config(method: str, experiment=digits, **changes):
     return config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compilation():
-    previous = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compilation")
 
 
 @pytest.fixture(scope="module")

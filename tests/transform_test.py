@@ -768,4 +768,6 @@ def test_import_mlesearch_needs_only_jax_optax_and_chex():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines() == ["[]", "TransformerLM mlesearch.decoding"], result.stdout
+    assert result.stdout.splitlines() == ["[]", "TransformerLM mlesearch.seq.decoding"], (
+        result.stdout
+    )

@@ -1,4 +1,4 @@
-"""Tests for mlesearch.tasks.translation: CLDR dates from English to German, scored by BLEU."""
+"""Tests for mlesearch.experiments.tasks.translation: English to German dates, scored by BLEU."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from mlesearch.configs import translation as translation_config
-from mlesearch.models import token_log_probs
-from mlesearch.tasks import Task, make_task
-from mlesearch.tasks import translation as tr
+from mlesearch.experiments.configs import translation as translation_config
+from mlesearch.experiments.tasks import Task, make_task
+from mlesearch.experiments.tasks import translation as tr
+from mlesearch.seq.models import token_log_probs
 
 # A tiny model and tiny splits keep compilation and running short.
 TINY = dict(

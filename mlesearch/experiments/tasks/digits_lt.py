@@ -27,7 +27,7 @@ Post-hoc logit adjustment [1], the standard strong baseline for label shift, is 
 training split's class frequencies as prior and ``tau`` chosen on the validation split's
 macro-F1.
 
-What does not live here: the training loop (`mlesearch.train`) and the experiment config
+What does not live here: the training loop (`mlesearch.experiments.train`) and the experiment config
 (``configs/digits_lt.py``).
 
 References:
@@ -51,9 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlesearch import metrics
-from mlesearch.tasks.base import Metric, Samples, Task
-from mlesearch.tasks.digits import MLP, NUM_CLASSES, NUM_FEATURES
+from mlesearch.experiments.tasks.base import Metric, Samples, Task
+from mlesearch.experiments.tasks.digits import MLP, NUM_CLASSES, NUM_FEATURES
+from mlesearch.seq import metrics
 
 SPLITS = ("train", "valid", "test")
 FINETUNE = ("head", "all")

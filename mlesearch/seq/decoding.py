@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mlesearch import _utils
-from mlesearch.models import KVCache, TransformerConfig, TransformerLM, init_cache
+from mlesearch.seq.models import KVCache, TransformerConfig, TransformerLM, init_cache
 
 Params = Any
 Cache = Any
@@ -133,7 +133,7 @@ def greedy_decode(
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from mlesearch.models import TransformerConfig, TransformerLM
+      >>> from mlesearch.seq.models import TransformerConfig, TransformerLM
       >>> config = TransformerConfig(vocab_size=11, num_layers=1, num_heads=2, embed_dim=16,
       ...                            mlp_dim=32, max_len=8)
       >>> prompt = jnp.array([[1, 2], [3, 4]])

@@ -7,8 +7,8 @@ and the classification metrics accuracy, balanced accuracy and F1. Every functio
 ``jax.numpy``, with no host callback and no Python loop over data, so it runs under ``jax.jit``
 and ``jax.vmap``.
 Integer hyperparameters (``n``, ``max_order``, ``num_classes``) and string options are static.
-What does not live here: task losses built from these metrics (``mlesearch/tasks/``) and
-decoding (``mlesearch/decoding.py``).
+What does not live here: task losses built from these metrics (``mlesearch/experiments/tasks/``)
+and decoding (``mlesearch/seq/decoding.py``).
 
 How a row of tokens is read
 ---------------------------
@@ -180,7 +180,7 @@ def sequence_repetition(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> import mlesearch.metrics as metrics
+      >>> from mlesearch.seq import metrics
       >>> tokens = jnp.array([[5, 6, 5, 6, 5, 6, 1, 9], [5, 6, 7, 0, 0, 0, 0, 0]])
       >>> print(metrics.sequence_repetition(tokens, n=2, eos_id=1, pad_id=0))
       [0.6 0. ]
@@ -224,7 +224,7 @@ def non_termination(tokens: ArrayLike, eos_id: int) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> import mlesearch.metrics as metrics
+      >>> from mlesearch.seq import metrics
       >>> print(metrics.non_termination(jnp.array([[5, 1, 0], [5, 6, 7]]), eos_id=1))
       [0. 1.]
 
@@ -282,7 +282,7 @@ def edit_distance(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> import mlesearch.metrics as metrics
+      >>> from mlesearch.seq import metrics
       >>> hyp = jnp.array([[11, 9, 20, 20, 5, 14, 1]])  # "kitten" then EOS
       >>> ref = jnp.array([[19, 9, 20, 20, 9, 14, 7]])  # "sitting", no EOS
       >>> print(metrics.edit_distance(hyp, ref, eos_id=1, normalize=False))
@@ -583,7 +583,7 @@ def bleu(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> import mlesearch.metrics as metrics
+      >>> from mlesearch.seq import metrics
       >>> ref = jnp.array([[5, 6, 7, 8, 9, 1, 0], [5, 6, 7, 8, 9, 1, 0]])
       >>> hyp = jnp.array([[5, 6, 7, 8, 9, 1, 0], [5, 6, 7, 1, 0, 0, 0]])
       >>> print(metrics.bleu(hyp, ref, eos_id=1, pad_id=0).round(2))
@@ -647,7 +647,7 @@ def corpus_bleu(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> import mlesearch.metrics as metrics
+      >>> from mlesearch.seq import metrics
       >>> ref = jnp.array([[5, 6, 7, 8, 9, 1, 0], [5, 6, 7, 8, 9, 1, 0]])
       >>> hyp = jnp.array([[5, 6, 7, 8, 9, 1, 0], [5, 6, 7, 1, 0, 0, 0]])
       >>> print(metrics.corpus_bleu(hyp, ref, eos_id=1, pad_id=0).round(2))
@@ -714,7 +714,7 @@ def accuracy(preds: ArrayLike, labels: ArrayLike, weights: ArrayLike | None = No
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> import mlesearch.metrics as metrics
+      >>> from mlesearch.seq import metrics
       >>> preds, labels = jnp.array([0, 1, 2, 2]), jnp.array([0, 1, 1, 2])
       >>> print(metrics.accuracy(preds, labels))
       0.75
@@ -766,7 +766,7 @@ def f1(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> import mlesearch.metrics as metrics
+      >>> from mlesearch.seq import metrics
       >>> preds, labels = jnp.array([0, 1, 1, 1]), jnp.array([0, 1, 2, 1])
       >>> print(f"{metrics.f1(preds, labels, num_classes=3):.4f}")
       0.6000
@@ -822,7 +822,7 @@ def balanced_accuracy(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> import mlesearch.metrics as metrics
+      >>> from mlesearch.seq import metrics
       >>> preds, labels = jnp.array([0, 0, 0, 1]), jnp.array([0, 0, 0, 1])
       >>> print(metrics.balanced_accuracy(preds, labels, num_classes=2))
       1.0

@@ -1,8 +1,8 @@
-"""The interface between an experiment task and the training loop in :mod:`mlesearch.train`.
+"""The interface between an experiment task and the training loop in :mod:`train`.
 
 A task bundles data, a model, a differentiable surrogate (the MLE loss), a task loss that cannot be
 differentiated, a way to sample outputs for policy-gradient methods, and an evaluation. Every task
-module in :mod:`mlesearch.tasks` exposes ``make_task(config) -> Task``, where ``config`` is the
+module in :mod:`tasks` exposes ``make_task(config) -> Task``, where ``config`` is the
 task's part of the experiment config (``config.task_config``).
 
 Shapes: a *batch* is any pytree of arrays with fixed shapes (so that one jitted training step
@@ -74,7 +74,7 @@ class Task:
         with their log-probabilities and costs, for ``pg`` and ``mrt``.
       evaluate: ``evaluate(params, reference, split) -> {metric: float}`` on ``"valid"`` or
         ``"test"``. It includes ``"task_loss"``, and should include the MLE loss under
-        ``"nll"`` or ``"mle_loss"``: `mlesearch.train.pretrain` stops early on it, and trains for
+        ``"nll"`` or ``"mle_loss"``: `train.pretrain` stops early on it, and trains for
         all its steps when neither key is there.
       metrics: the table's columns, in order.
       primary_metric: the metric to plot against step and wall-clock time.

@@ -7,7 +7,7 @@ The surrogate is softmax cross-entropy; the task loss is the 0/1 error of the ar
 the batch, or 1 - macro-F1. For policy gradient and minimum risk training, each input gets ``k``
 labels sampled from the softmax, each scored by its 0/1 error.
 
-What does not: the training loop (`mlesearch.train`) and the experiment config
+What does not: the training loop (`mlesearch.experiments.train`) and the experiment config
 (`configs/digits.py`).
 
 References:
@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlesearch import metrics
-from mlesearch.tasks.base import Metric, Samples, Task
+from mlesearch.experiments.tasks.base import Metric, Samples, Task
+from mlesearch.seq import metrics
 
 NUM_CLASSES = 10
 NUM_FEATURES = 64

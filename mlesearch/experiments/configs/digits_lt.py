@@ -2,7 +2,7 @@
 
 The evidence that MGS optimises the metric it is given: an MLP pretrained by MLE on digits made
 long-tailed (imbalance ratio 50), fine-tuned against 1 - macro-F1 of a class-balanced, augmented
-training batch, and judged by macro-F1 on a balanced test split (see `mlesearch.tasks.digits_lt`
+training batch, and judged by macro-F1 on a balanced test split (see `tasks.digits_lt`
 for how the task is built and why). ``mlesearch compare digits_lt`` runs every row of ``rows``:
 the pretrained model; MLE at this learning rate, half and twice it; MLE with post-hoc logit
 adjustment; MGS in the paper's placement, with logit adjustment after it, with uniform weights,
@@ -12,14 +12,14 @@ GuidedES. Every row selects its checkpoint on the validation task loss.
 
 import ml_collections
 
-from mlesearch.configs.common import base_config
+from mlesearch.experiments.configs.common import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     """The digits_lt experiment: `configs.common.base_config` with the task's sizes and rows.
 
     Returns:
-      A ConfigDict; ``task_config`` holds the fields that `mlesearch.tasks.digits_lt.make_task`
+      A ConfigDict; ``task_config`` holds the fields that `tasks.digits_lt.make_task`
       reads, ``rows`` the rows of the comparison.
     """
     config = base_config()

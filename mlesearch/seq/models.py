@@ -7,7 +7,7 @@ explicit functional key/value cache `KVCache` with `init_cache`, and the MLE los
 
 What does not: decoding loops (greedy, sampling, and the adapter from this model to them) live in
 `decoding.py`; task losses and metrics on token arrays live in `metrics.py`; the data and the
-training loops of the experiments live in `tasks/` and `train.py`.
+training loops of the experiments live in ``mlesearch/experiments/`` (`tasks/`, `train.py`).
 
 The model is shared by the experiment tasks and the tests. A sequence-to-sequence task uses it on
 the concatenation ``prefix + target``, with the loss mask covering the target only; no encoder is

@@ -13,7 +13,7 @@ References:
 
 import ml_collections
 
-from mlesearch.configs.common import base_config
+from mlesearch.experiments.configs.common import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     Returns:
       A ConfigDict; ``task_config`` holds every field that
-      `mlesearch.tasks.translation.make_task` reads.
+      `mlesearch.experiments.tasks.translation.make_task` reads.
     """
     config = base_config()
     config.task = "translation"
@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.es.learning_rate = 1.0
     config.es.alpha = 0.5
 
-    # The task itself (see mlesearch/tasks/translation.py).
+    # The task itself (see mlesearch/experiments/tasks/translation.py).
     task = config.task_config
     task.source_locale = "en"  # CLDR locale of the sources.
     task.target_locale = "de"  # CLDR locale of the targets.

@@ -20,7 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     Returns:
       A ConfigDict with:
-        task: the task module name in ``mlesearch.tasks``.
+        task: the task module name in ``mlesearch.experiments.tasks``.
         method: one of ``METHODS`` (``pretrained`` evaluates the MLE checkpoint without
           fine-tuning).
         seed: seed of the fine-tuning run (data order, candidates, samples).

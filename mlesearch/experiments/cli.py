@@ -4,7 +4,8 @@ What lives here: ``main`` (the console script), config loading with command-line
 (`load_config`, `apply_overrides`), and the comparison (`compare`), which runs every method over
 seeds from one shared MLE checkpoint, prints a results table in the style of the paper's, and
 writes ``results.json``, ``results.md`` and plots of the task's primary metric against steps and
-against wall-clock time. What does not: the training loop (`mlesearch.train`) and the tasks.
+against wall-clock time. What does not: the training loop (`train`), the tasks, and the tables
+and plots themselves (`report`).
 
 Usage::
 
@@ -13,9 +14,10 @@ Usage::
     mlesearch compare digits --methods mle,mgs,pg,mrt --seeds 3
     mlesearch                        # the default comparison on text completion
 
-``CONFIG`` is a task name (``digits`` loads ``mlesearch.configs.digits``) or the path of a config
-file with a ``get_config()`` function. Every field can be set with ``--config.<field>=<value>``
-(or ``--config.<field> <value>``); values are read as the type of the field they replace.
+``CONFIG`` is a task name (``digits`` loads ``mlesearch.experiments.configs.digits``) or the path
+of a config file with a ``get_config()`` function. Every field can be set with
+``--config.<field>=<value>`` (or ``--config.<field> <value>``); values are read as the type of the
+field they replace.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import importlib
 import importlib.util
 import inspect
 import json
-import math
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
-import numpy as np
 
-from mlesearch import train
-from mlesearch.configs.common import METHODS
-from mlesearch.tasks import Metric
+from mlesearch.experiments import report, train
+from mlesearch.experiments.configs.common import METHODS
+from mlesearch.experiments.tasks import Metric
 
 DEFAULT_TASK = "text_completion"
 DEFAULT_METHODS = ("mle", "mgs", "pg", "mrt")
@@ -61,12 +61,12 @@ class ConfigError(ValueError):
 
 
 def available_configs() -> list[str]:
-    """The names of the experiment configs in ``mlesearch.configs``, e.g. ``["digits"]``."""
-    import mlesearch.configs
+    """The names of the configs in ``mlesearch.experiments.configs``, e.g. ``["digits"]``."""
+    import mlesearch.experiments.configs
 
     return sorted(
         path.stem
-        for directory in mlesearch.configs.__path__
+        for directory in mlesearch.experiments.configs.__path__
         for path in Path(directory).glob("*.py")
         if path.stem not in ("__init__", "common")
     )
@@ -76,8 +76,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads an experiment config from a task name or a config file.
 
     Args:
-      spec: a config name (``"digits"`` loads ``mlesearch.configs.digits``) or the path of a
-        Python file that defines ``get_config()``.
+      spec: a config name (``"digits"`` loads ``mlesearch.experiments.configs.digits``) or the
+        path of a Python file that defines ``get_config()``.
 
     Returns:
       The ConfigDict that ``get_config()`` returns.
@@ -116,7 +116,7 @@ def _config_module(spec: str) -> Any:
                 f"Unknown config {spec!r}: give a config file (path/to/config.py) or one of "
                 f"{', '.join(names)}."
             )
-        module = importlib.import_module(f"mlesearch.configs.{spec}")
+        module = importlib.import_module(f"mlesearch.experiments.configs.{spec}")
     return module
 
 
@@ -360,320 +360,7 @@ def parse_seeds(text: str, first_seed: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The comparison: table, plots, files.
-
-COST_COLUMNS = (
-    ("seconds", "seconds"),
-    ("task_loss_evaluations", "task-loss evals"),
-)
-
-
-def summarize(
-    runs: Sequence[Mapping[str, Any]],
-    methods: Sequence[str],
-    metrics: Sequence[Metric],
-    key: str = "test",
-) -> dict[str, Any]:
-    """Aggregates final test metrics over seeds: one row per method.
-
-    Args:
-      runs: results of `mlesearch.train.run`, each with ``method``, ``test``, ``seconds`` and
-        ``task_loss_evaluations``.
-      methods: the methods (or rows), in the order of the rows.
-      metrics: the task's metrics, in the order of the columns.
-      key: which test metrics of each run: ``"test"`` (as reported), ``"test_selected"`` or
-        ``"test_last"``.
-
-    Returns:
-      ``{"columns": [{"name", "label", "lower_is_better"}], "rows": [{"method", "num_seeds",
-      "cells": {name: {"mean", "std", "best"}}}]}``. ``std`` is the sample standard deviation
-      over seeds (0 for one seed); ``best`` marks the best mean of each metric column (ties
-      included). The cost columns (``seconds``, ``task_loss_evaluations``) are not marked.
-    """
-    columns = [
-        {"name": m.name, "label": m.label or m.name, "lower_is_better": m.lower_is_better}
-        for m in metrics
-    ] + [{"name": name, "label": label, "lower_is_better": None} for name, label in COST_COLUMNS]
-    rows = []
-    for method in methods:
-        method_runs = [r for r in runs if r["method"] == method]
-        cells = {}
-        for column in columns:
-            name = column["name"]
-            values = np.array(
-                [
-                    r[key][name] if column["lower_is_better"] is not None else r[name]
-                    for r in method_runs
-                ],
-                dtype=np.float64,
-            )
-            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            cells[name] = {"mean": float(np.mean(values)), "std": std, "best": False}
-        rows.append({"method": method, "num_seeds": len(method_runs), "cells": cells})
-    for column in columns:
-        if column["lower_is_better"] is None:
-            continue
-        name = column["name"]
-        means = [row["cells"][name]["mean"] for row in rows]
-        finite = [m for m in means if math.isfinite(m)]
-        if not finite:
-            continue
-        best = min(finite) if column["lower_is_better"] else max(finite)
-        for row in rows:
-            row["cells"][name]["best"] = math.isclose(
-                row["cells"][name]["mean"], best, rel_tol=1e-9, abs_tol=1e-12
-            )
-    return {"columns": columns, "rows": rows}
-
-
-def _format_cell(cell: Mapping[str, Any], name: str, num_seeds: int) -> str:
-    mean, std = cell["mean"], cell["std"]
-    if name == "task_loss_evaluations":
-        text = f"{mean:.0f}"
-    elif name == "seconds":
-        text = f"{mean:.2f} ± {std:.2f}" if num_seeds > 1 else f"{mean:.2f}"
-    else:
-        text = f"{mean:.4f} ± {std:.4f}" if num_seeds > 1 else f"{mean:.4f}"
-    return text
-
-
-def format_difference(stats: Mapping[str, Any] | None) -> tuple[str, str]:
-    """The paired-difference cells of a row: ``"+0.0123 [+0.0050, +0.0196]"`` and ``"4/5"``."""
-    if stats is None:
-        return "(reference)", ""
-    interval = f" [{stats['low']:+.4f}, {stats['high']:+.4f}]" if stats["low"] is not None else ""
-    return f"{stats['mean']:+.4f}{interval}", f"{stats['wins']}/{stats['num_seeds']}"
-
-
-def format_table(
-    summary: Mapping[str, Any],
-    markdown: bool = False,
-    paired: Mapping[str, Any] | None = None,
-) -> str:
-    """Renders `summarize`'s output as an aligned text table or as a markdown table.
-
-    Args:
-      summary: the output of `summarize`.
-      markdown: a markdown table (best means in bold) instead of plain text (best means
-        followed by ``*``).
-      paired: the output of `paired_differences`; adds two columns for its first metric: the
-        mean per-seed difference against the reference row with its confidence interval, and
-        the seeds on which the row was better.
-
-    Returns:
-      The table, without a trailing newline.
-    """
-    columns = summary["columns"]
-    header = ["method"] + [
-        c["label"]
-        + ("" if c["lower_is_better"] is None else (" ↓" if c["lower_is_better"] else " ↑"))
-        for c in columns
-    ]
-    paired_metric = None
-    if paired is not None:
-        paired_metric = paired["metrics"][0]
-        label = next(c["label"] for c in columns if c["name"] == paired_metric)
-        confidence = round(100 * paired["confidence"])
-        header += [f"Δ {label} vs {paired['reference']} [{confidence}% CI]", "better on"]
-    body = []
-    for row in summary["rows"]:
-        cells = [row["method"]]
-        for column in columns:
-            cell = row["cells"][column["name"]]
-            text = _format_cell(cell, column["name"], row["num_seeds"])
-            if markdown:
-                text = f"**{text}**" if cell["best"] else text
-            elif column["lower_is_better"] is not None:
-                text += " *" if cell["best"] else "  "  # keeps the digits aligned
-            cells.append(text)
-        if paired is not None:
-            stats = paired["rows"].get(row["method"], {}).get(paired_metric)
-            cells += format_difference(stats)
-        body.append(cells)
-    if markdown:
-        # A "|" inside a cell (as in the label "|len - ref|") would end the cell.
-        lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |"]
-        lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = []
-    for cells in [header, None, *body]:
-        if cells is None:
-            lines.append("  ".join("-" * w for w in widths))
-            continue
-        first = cells[0].ljust(widths[0])
-        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        lines.append("  ".join([first, *rest]).rstrip())
-    return "\n".join(lines)
-
-
-def reference_row(
-    runs: Sequence[Mapping[str, Any]], methods: Sequence[str], metric: Metric, key: str = "test"
-) -> str | None:
-    """The best MLE row: the row of plain MLE fine-tuning with the best mean of ``metric``.
-
-    Rows whose runs have ``base_method == "mle"`` and no post-hoc correction qualify. Choosing
-    on the test split favours the reference, which makes the paired differences against it
-    conservative.
-
-    Args:
-      runs: results of `mlesearch.train.run`.
-      methods: the rows.
-      metric: the metric that decides.
-      key: which test metrics of each run (see `summarize`).
-
-    Returns:
-      The row's name, or None when no row qualifies.
-    """
-    best, best_mean = None, None
-    for method in methods:
-        method_runs = [r for r in runs if r["method"] == method]
-        if not method_runs or any(
-            r.get("base_method", r["method"]) != "mle" or r.get("post_hoc") for r in method_runs
-        ):
-            continue
-        mean = float(np.mean([r[key][metric.name] for r in method_runs]))
-        better = best_mean is None or (
-            mean < best_mean if metric.lower_is_better else mean > best_mean
-        )
-        if better:
-            best, best_mean = method, mean
-    return best
-
-
-def paired_differences(
-    runs: Sequence[Mapping[str, Any]],
-    methods: Sequence[str],
-    metrics: Sequence[Metric],
-    reference: str,
-    key: str = "test",
-    confidence: float = 0.95,
-) -> dict[str, Any]:
-    """Per-seed differences of every row against a reference row, with confidence intervals.
-
-    For each row, metric and seed that both rows ran, ``d_s = row_s - reference_s``. Pairing by
-    seed removes what the two runs share (the pretrained model, the data order of the seed), so
-    the interval is of the difference itself: Student's t interval
-    ``mean ± t_{(1+confidence)/2, k-1} · sd / sqrt(k)`` over the ``k`` seeds.
-
-    Args:
-      runs: results of `mlesearch.train.run`.
-      methods: the rows.
-      metrics: the metrics, the first of which the table shows.
-      reference: the reference row (see `reference_row`).
-      key: which test metrics of each run (see `summarize`).
-      confidence: the level of the intervals, in (0, 1).
-
-    Returns:
-      ``{"reference", "key", "confidence", "metrics": [names], "rows": {row: {metric:
-      {"mean", "low", "high", "wins", "num_seeds", "differences"}}}}``; ``wins`` counts the
-      seeds where the row was better (larger for a higher-is-better metric); ``low`` and
-      ``high`` are None for fewer than two seeds. The reference row is left out of ``rows``.
-    """
-    from scipy import stats as scipy_stats
-
-    by_seed = {(r["method"], r["seed"]): r[key] for r in runs}
-    rows: dict[str, Any] = {}
-    for method in methods:
-        if method == reference:
-            continue
-        seeds = sorted(
-            seed for (name, seed) in by_seed if name == method and (reference, seed) in by_seed
-        )
-        if not seeds:
-            continue
-        rows[method] = {}
-        for metric in metrics:
-            differences = np.array(
-                [
-                    by_seed[(method, s)][metric.name] - by_seed[(reference, s)][metric.name]
-                    for s in seeds
-                ],
-                dtype=np.float64,
-            )
-            mean = float(differences.mean())
-            low = high = None
-            if len(differences) > 1:
-                spread = float(differences.std(ddof=1)) / math.sqrt(len(differences))
-                half = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(differences) - 1)) * spread
-                low, high = mean - half, mean + half
-            better = differences < 0 if metric.lower_is_better else differences > 0
-            rows[method][metric.name] = {
-                "mean": mean,
-                "low": low,
-                "high": high,
-                "wins": int(better.sum()),
-                "num_seeds": len(differences),
-                "differences": differences.tolist(),
-            }
-    return {
-        "reference": reference,
-        "key": key,
-        "confidence": confidence,
-        "metrics": [m.name for m in metrics],
-        "rows": rows,
-    }
-
-
-def plot_histories(
-    runs: Sequence[Mapping[str, Any]],
-    methods: Sequence[str],
-    metric: Metric,
-    directory: Path,
-    title: str,
-) -> list[Path]:
-    """Plots a validation metric against steps and against wall-clock seconds.
-
-    One line per method (the mean over seeds) with a shaded band from the minimum to the maximum
-    over seeds. Uses matplotlib's Agg canvas, so no display is needed.
-
-    Args:
-      runs: results of `mlesearch.train.run`, each with a ``history``.
-      methods: the methods to plot.
-      metric: the metric, read from ``history[i]["valid"]``.
-      directory: where to write the PNG files.
-      title: the title of both plots.
-
-    Returns:
-      The paths of the two PNG files written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    label = metric.label or metric.name
-    paths = []
-    for axis_name, axis_label in (("step", "fine-tuning step"), ("seconds", "wall-clock seconds")):
-        figure = Figure(figsize=(6.0, 4.0), layout="constrained")
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        for method in methods:
-            histories = [r["history"] for r in runs if r["method"] == method and r["history"]]
-            if not histories:
-                continue
-            length = min(len(h) for h in histories)
-            x = np.mean([[e[axis_name] for e in h[:length]] for h in histories], axis=0)
-            values = np.array([[e["valid"][metric.name] for e in h[:length]] for h in histories])
-            (line,) = axes.plot(x, values.mean(axis=0), label=method)
-            if len(histories) > 1:
-                axes.fill_between(
-                    x, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2
-                )
-        axes.set_xlabel(axis_label)
-        better = "lower" if metric.lower_is_better else "higher"
-        axes.set_ylabel(f"validation {label} ({better} is better)")
-        shaded = (
-            " (lines: mean over seeds; bands: min to max)"
-            if len({r["seed"] for r in runs}) > 1
-            else ""
-        )
-        axes.set_title(f"{title}{shaded}", fontsize="medium")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
-        path = directory / f"valid_{metric.name}_vs_{axis_name}.png"
-        figure.savefig(path, dpi=120)
-        paths.append(path)
-    return paths
+# The comparison.
 
 
 def _row_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -718,7 +405,7 @@ def compare(
     as MLE at half the learning rate). Every run selects its checkpoint on the validation task
     loss (``config.select_checkpoint``); the table reports those, and a second table the last
     parameters. Both come with the per-seed paired differences of the primary metric against
-    the best plain-MLE row (see `paired_differences`).
+    the best plain-MLE row (see `report.paired_differences`).
 
     Writes, in ``workdir``: ``results.json`` (the config, every run's history and final metrics,
     the tables and the paired differences), ``results.md`` (the tables in markdown) and two plots
@@ -737,7 +424,7 @@ def compare(
 
     Returns:
       ``{"summary", "summary_last", "paired", "paired_last", "table", "markdown", "runs",
-      "files": {"json", "markdown", "plots"}}``; the runs are those of `mlesearch.train.run`,
+      "files": {"json", "markdown", "plots"}}``; the runs are those of `train.run`,
       without their parameters.
 
     Raises:
@@ -790,22 +477,9 @@ def compare(
         (m for m in task.metrics if m.name == task.primary_metric),
         Metric(task.primary_metric, lower_is_better=True),
     )
-    ordered_metrics = [primary, *(m for m in task.metrics if m is not primary)]
-    report: dict[str, Any] = {}
-    for suffix, key in (("", "test"), ("_last", "test_last")):
-        summary = summarize(runs, methods, task.metrics, key=key)
-        reference = reference_row(runs, methods, primary, key=key)
-        paired = (
-            None
-            if reference is None
-            else paired_differences(runs, methods, ordered_metrics, reference, key=key)
-        )
-        report[f"summary{suffix}"] = summary
-        report[f"paired{suffix}"] = paired
-        report[f"table{suffix}"] = format_table(summary, paired=paired)
-        report[f"markdown{suffix}"] = format_table(summary, markdown=True, paired=paired)
+    tables = report.tables(runs, methods, task.metrics, primary)
     title = f"{task.name}, {len(seeds)} seed{'s' * (len(seeds) > 1)}"
-    plots = plot_histories(runs, methods, primary, workdir, title)
+    plots = report.plot_histories(runs, methods, primary, workdir, title)
     selection = (
         "parameters of the evaluation with the best validation task loss"
         if bool(config.select_checkpoint)
@@ -829,14 +503,14 @@ def compare(
                 "seeds": [int(s) for s in seeds],
                 "pretrain": {k: v for k, v in pretrain_record.items() if k != "fingerprint"},
                 "runs": runs,
-                **report,
+                **tables,
             },
             indent=2,
             default=str,
         )
     )
     markdown_path.write_text(
-        f"{legend}\n\n{report['markdown']}\n\n{legend_last}\n\n{report['markdown_last']}\n"
+        f"{legend}\n\n{tables['markdown']}\n\n{legend_last}\n\n{tables['markdown_last']}\n"
     )
     files = {
         "json": str(json_path),
@@ -844,10 +518,10 @@ def compare(
         "plots": [str(p) for p in plots],
     }
     if echo:
-        print(f"\n{legend}\n\n{report['table']}\n")
-        print(f"{legend_last}\n\n{report['table_last']}\n")
+        print(f"\n{legend}\n\n{tables['table']}\n")
+        print(f"{legend_last}\n\n{tables['table_last']}\n")
         print(f"Wrote {json_path}, {markdown_path} and the plots {', '.join(map(str, plots))}.")
-    return {**report, "runs": runs, "files": files}
+    return {**tables, "runs": runs, "files": files}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ import re
 import string
 import tempfile
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +118,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlesearch import baselines, metrics
-from mlesearch.decoding import greedy_decode, sample_decode, transformer_decoder
-from mlesearch.models import TransformerConfig, TransformerLM, token_log_probs
-from mlesearch.tasks.base import Batch, Metric, Params, Samples, Task
+from mlesearch import baselines
+from mlesearch.experiments.tasks.base import Batch, Metric, Params, Samples, Task
+from mlesearch.seq import metrics
+from mlesearch.seq.decoding import greedy_decode, sample_decode, transformer_decoder
+from mlesearch.seq.models import TransformerConfig, TransformerLM, token_log_probs
 
 PAD_ID = 0
 EOS_ID = 1
@@ -867,19 +868,8 @@ def _rows_in_chunks(array: np.ndarray, chunk: int) -> list[tuple[np.ndarray, int
     return out
 
 
-def make_task(config: Any) -> Task:
-    """Builds the text completion task.
-
-    Args:
-      config: the task config (``config.task_config`` of `configs/text_completion.py`); the
-        fields are documented there.
-
-    Returns:
-      The `Task`. Its batches are ``{"tokens": int32 (batch_size, max_tokens + 1)}``.
-
-    Raises:
-      ValueError: for inconsistent lengths or an unknown ``task_loss``.
-    """
+def _check_task_config(config: Any) -> None:
+    """Raises `ValueError` for inconsistent lengths or an unknown ``task_loss`` or ``unit``."""
     if config.task_loss not in TASK_LOSSES:
         raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {config.task_loss!r}.")
     if not 1 <= config.prefix_len <= config.min_tokens - 1:
@@ -904,95 +894,148 @@ def make_task(config: Any) -> Task:
             f"train_decode_scale must be 0 (decode max_decode_len tokens) or at least 1 (a "
             f"multiple of the longest reference), got {scale}."
         )
-    data = build_data(config)
-    mconfig = model_config(config, data.vocab_size)
-    model = TransformerLM(mconfig)
-    decoder = transformer_decoder(mconfig)
-    prefix_len = config.prefix_len
-    decode_len = config.max_decode_len
-    fine_tune_len = train_decode_len(config)
-    batch_size = config.batch_size
-    rep_n = config.rep_n
-    task_loss_kind = config.task_loss
-    sample_temperature = config.sample_temperature
-    dedupe = config.dedupe_samples
-    eval_chunk = config.eval_batch_size
-    train_tokens = jnp.asarray(data.splits["train"])
 
-    @jax.jit
-    def init_params(key: jax.Array) -> Params:
-        """Fresh `TransformerLM` parameters (jitted: far faster than flax's eager init)."""
-        return model.init(key, jnp.zeros((1, mconfig.max_len), jnp.int32))
 
-    def train_batch(key: jax.Array) -> Batch:
-        """``batch_size`` training sentences drawn uniformly with replacement, inside jit."""
-        index = jax.random.randint(key, (batch_size,), 0, train_tokens.shape[0])
-        return {"tokens": train_tokens[index]}
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """The model and the decoding settings that the task's losses and evaluation share."""
 
-    def mle_loss(params: Params, batch: Batch) -> jax.Array:
-        """Mean NLL per token of whole sentences (every token after the first, EOS included)."""
-        tokens = batch["tokens"]
-        logits = model.apply(params, tokens[:, :-1])
-        targets = tokens[:, 1:]
-        weights = (targets != PAD_ID).astype(jnp.float32)
-        nll = -jnp.sum(token_log_probs(logits, targets) * weights)
-        return nll / jnp.maximum(jnp.sum(weights), 1.0)
+    model: TransformerLM
+    decoder: Any  # `transformer_decoder(model.config)`.
+    prefix_len: int  # tokens of each row given as the prefix.
+    decode_len: int  # max_decode_len: tokens decoded in evaluation.
+    fine_tune_len: int  # tokens decoded during fine-tuning (see `train_decode_len`).
+    decode_scale: float  # train_decode_scale; 0 decodes fine_tune_len tokens.
+    task_loss_kind: str  # one of TASK_LOSSES.
+    rep_n: int  # n of the repetition task loss.
 
-    def costs_of(
-        reference: Params, prefix: jax.Array, continuation: jax.Array, lengths: jax.Array
+    @classmethod
+    def from_config(cls, config: Any, vocab_size: int) -> _Setup:
+        mconfig = model_config(config, vocab_size)
+        return cls(
+            model=TransformerLM(mconfig),
+            decoder=transformer_decoder(mconfig),
+            prefix_len=config.prefix_len,
+            decode_len=config.max_decode_len,
+            fine_tune_len=train_decode_len(config),
+            decode_scale=float(config.get("train_decode_scale", 0.0)),
+            task_loss_kind=config.task_loss,
+            rep_n=config.rep_n,
+        )
+
+    def costs(
+        self, reference: Params, prefix: jax.Array, continuation: jax.Array, lengths: jax.Array
     ) -> jax.Array:
         """Per-row task cost of continuations, shape ``(batch,)``."""
         return continuation_costs(
-            task_loss_kind, model, reference, prefix, continuation, lengths, rep_n
+            self.task_loss_kind, self.model, reference, prefix, continuation, lengths, self.rep_n
         )
 
-    def greedy(params: Params, prefix: jax.Array, length: int = decode_len) -> Any:
-        """Greedy continuations of ``length`` tokens, padded after EOS."""
+    def greedy(self, params: Params, prefix: jax.Array, length: int | None = None) -> Any:
+        """Greedy continuations of ``length`` tokens (default ``decode_len``), padded after EOS."""
         return greedy_decode(
-            decoder, params, prefix, max_new_tokens=length, eos_id=EOS_ID, pad_id=PAD_ID
+            self.decoder,
+            params,
+            prefix,
+            max_new_tokens=self.decode_len if length is None else length,
+            eos_id=EOS_ID,
+            pad_id=PAD_ID,
         )
 
-    def fine_tuning_budget(tokens: jax.Array) -> jax.Array:
+    def fine_tuning_budget(self, tokens: jax.Array) -> jax.Array:
         """The decoding budget of a training batch (see `train_decode_len`)."""
-        if scale <= 0:
-            return jnp.int32(fine_tune_len)
-        return decode_budget(tokens[:, prefix_len:], scale)
+        if self.decode_scale <= 0:
+            return jnp.int32(self.fine_tune_len)
+        return decode_budget(tokens[:, self.prefix_len :], self.decode_scale)
 
+
+def _weighted_log_probs(
+    model: TransformerLM, params: Params, tokens: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Teacher-forced log-probs of every token after the first, zero at padding, and the
+    weights (1 where the token is not padding); both of shape ``(batch, length - 1)``."""
+    logits = model.apply(params, tokens[:, :-1])
+    targets = tokens[:, 1:]
+    weights = (targets != PAD_ID).astype(jnp.float32)
+    return token_log_probs(logits, targets) * weights, weights
+
+
+# ---------------------------------------------------------------------------------------------
+# The task's functions: data, model, losses, evaluation.
+
+
+def _train_batch_fn(data: TextCompletionData, batch_size: int) -> Callable[[jax.Array], Batch]:
+    train_tokens = jnp.asarray(data.splits["train"])
+
+    def train_batch(key: jax.Array) -> Batch:
+        """``batch_size`` training rows drawn uniformly with replacement, inside jit."""
+        index = jax.random.randint(key, (batch_size,), 0, train_tokens.shape[0])
+        return {"tokens": train_tokens[index]}
+
+    return train_batch
+
+
+def _init_params_fn(model: TransformerLM) -> Callable[[jax.Array], Params]:
+    @jax.jit
+    def init_params(key: jax.Array) -> Params:
+        """Fresh `TransformerLM` parameters (jitted: far faster than flax's eager init)."""
+        return model.init(key, jnp.zeros((1, model.config.max_len), jnp.int32))
+
+    return init_params
+
+
+def _mle_loss_fn(model: TransformerLM) -> Callable[[Params, Batch], jax.Array]:
+    def mle_loss(params: Params, batch: Batch) -> jax.Array:
+        """Mean NLL per token of whole rows (every token after the first, EOS included)."""
+        log_probs, weights = _weighted_log_probs(model, params, batch["tokens"])
+        nll = -jnp.sum(log_probs)
+        return nll / jnp.maximum(jnp.sum(weights), 1.0)
+
+    return mle_loss
+
+
+def _task_loss_fn(setup: _Setup) -> Callable[[Params, Batch, Params], jax.Array]:
     def task_loss(params: Params, batch: Batch, reference: Params) -> jax.Array:
         """The batch mean of the cost of each greedy continuation (see the module docstring)."""
-        prefix = batch["tokens"][:, :prefix_len]
-        output = greedy(params, prefix, fine_tune_len)
+        prefix = batch["tokens"][:, : setup.prefix_len]
+        output = setup.greedy(params, prefix, setup.fine_tune_len)
         continuation, lengths = cut_at_budget(
-            output.tokens, output.lengths, fine_tuning_budget(batch["tokens"])
+            output.tokens, output.lengths, setup.fine_tuning_budget(batch["tokens"])
         )
-        return jnp.mean(costs_of(reference, prefix, continuation, lengths))
+        return jnp.mean(setup.costs(reference, prefix, continuation, lengths))
+
+    return task_loss
+
+
+def _sample_fn(setup: _Setup, temperature: float, dedupe: bool) -> Callable[..., Samples]:
+    fine_tune_len = setup.fine_tune_len
 
     def sample(
         params: Params, batch: Batch, key: jax.Array, num_samples: int, reference: Params
     ) -> Samples:
         """``num_samples`` sampled continuations per prefix; log-probs by a teacher-forced pass."""
-        prefix = batch["tokens"][:, :prefix_len]
+        prefix = batch["tokens"][:, : setup.prefix_len]
         rows = prefix.shape[0]
         repeated = jnp.repeat(prefix, num_samples, axis=0)
         output = sample_decode(
-            decoder,
+            setup.decoder,
             jax.lax.stop_gradient(params),
             repeated,
             key,
             max_new_tokens=fine_tune_len,
-            temperature=sample_temperature,
+            temperature=temperature,
             eos_id=EOS_ID,
             pad_id=PAD_ID,
         )
         continuation, lengths = cut_at_budget(
             jax.lax.stop_gradient(output.tokens),
             output.lengths,
-            fine_tuning_budget(batch["tokens"]),
+            setup.fine_tuning_budget(batch["tokens"]),
         )
         mask = continuation_mask(lengths, fine_tune_len)
-        log_probs = continuation_log_probs(model, params, repeated, continuation)
+        log_probs = continuation_log_probs(setup.model, params, repeated, continuation)
         sequence_log_probs = jnp.sum(log_probs * mask, axis=1).reshape(rows, num_samples)
-        costs = costs_of(reference, repeated, continuation, lengths)
+        costs = setup.costs(reference, repeated, continuation, lengths)
         costs = jax.lax.stop_gradient(costs).reshape(rows, num_samples).astype(jnp.float32)
         if dedupe:
             sample_mask = baselines.unique_sample_mask(
@@ -1002,38 +1045,52 @@ def make_task(config: Any) -> Task:
             sample_mask = jnp.ones((rows, num_samples), bool)
         return Samples(log_probs=sequence_log_probs, costs=costs, mask=sample_mask)
 
+    return sample
+
+
+_EvalChunkFn = Callable[[Params, Params, jax.Array], tuple[dict[str, jax.Array], jax.Array]]
+
+
+def _eval_chunk_fn(setup: _Setup) -> _EvalChunkFn:
+    """The jitted per-row statistics of a chunk of rows, shared by evaluation and `describe`."""
+    model, prefix_len = setup.model, setup.prefix_len
+
     @jax.jit
     def eval_chunk_fn(
         params: Params, reference: Params, tokens: jax.Array
     ) -> tuple[dict[str, jax.Array], jax.Array]:
         """Per-row statistics of one chunk of examples, and the greedy continuations."""
         prefix = tokens[:, :prefix_len]
-        output = greedy(params, prefix)
+        output = setup.greedy(params, prefix)
         generated = output.tokens
         reference_cont = tokens[:, prefix_len:]
         ref_lengths = continuation_lengths(reference_cont, reference_cont.shape[1])
         # Perplexity of the human continuation (EOS included) under ``params``.
         ref_log_probs = continuation_log_probs(model, params, prefix, reference_cont)
         ref_mask = continuation_mask(ref_lengths, reference_cont.shape[1])
-        # MLE loss of whole sentences, as in ``mle_loss``.
-        logits = model.apply(params, tokens[:, :-1])
-        sentence_weights = (tokens[:, 1:] != PAD_ID).astype(jnp.float32)
-        sentence_nll = -jnp.sum(token_log_probs(logits, tokens[:, 1:]) * sentence_weights, axis=1)
+        # MLE loss of whole rows, as in ``mle_loss``.
+        sentence_log_probs, sentence_weights = _weighted_log_probs(model, params, tokens)
         return {
             "seq_rep_4": metrics.sequence_repetition(generated, 4, eos_id=EOS_ID, pad_id=PAD_ID),
             "non_term": metrics.non_termination(generated, eos_id=EOS_ID),
             "gen_len": output.lengths.astype(jnp.float32),
             "ref_len": ref_lengths.astype(jnp.float32),
-            "cost": costs_of(reference, prefix, generated, output.lengths),
+            "cost": setup.costs(reference, prefix, generated, output.lengths),
             "ref_nll": -jnp.sum(ref_log_probs * ref_mask, axis=1),
             "ref_tokens": jnp.sum(ref_mask, axis=1),
-            "sentence_nll": sentence_nll,
+            "sentence_nll": -jnp.sum(sentence_log_probs, axis=1),
             "sentence_tokens": jnp.sum(sentence_weights, axis=1),
             "seq_rep_4_ref": metrics.sequence_repetition(
                 reference_cont, 4, eos_id=EOS_ID, pad_id=PAD_ID
             ),
         }, generated
 
+    return eval_chunk_fn
+
+
+def _evaluate_fn(
+    eval_chunk_fn: _EvalChunkFn, data: TextCompletionData, eval_chunk: int
+) -> Callable[[Params, Params, str], dict[str, float]]:
     def evaluate(params: Params, reference: Params, split: str) -> dict[str, float]:
         """Metrics of greedy continuations of every prefix of ``split``, in jitted chunks."""
         if split not in data.splits:
@@ -1061,13 +1118,17 @@ def make_task(config: Any) -> Task:
             "num_examples": len(tokens),
         }
 
+    return evaluate
+
+
+def _evaluate_mle_fn(
+    model: TransformerLM, data: TextCompletionData, eval_chunk: int
+) -> Callable[[Params, str], float]:
     @jax.jit
     def mle_chunk_fn(params: Params, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Per-row summed NLL of whole sequences and their token counts, as in ``mle_loss``."""
-        logits = model.apply(params, tokens[:, :-1])
-        weights = (tokens[:, 1:] != PAD_ID).astype(jnp.float32)
-        nll = -jnp.sum(token_log_probs(logits, tokens[:, 1:]) * weights, axis=1)
-        return nll, jnp.sum(weights, axis=1)
+        log_probs, weights = _weighted_log_probs(model, params, tokens)
+        return -jnp.sum(log_probs, axis=1), jnp.sum(weights, axis=1)
 
     def evaluate_mle(params: Params, split: str) -> float:
         """The ``mle_loss`` of every row of ``split`` (no decoding), for early stopping."""
@@ -1079,15 +1140,22 @@ def make_task(config: Any) -> Task:
             total_tokens += float(np.sum(count[:valid]))
         return total_nll / total_tokens
 
-    def detokenize(ids: np.ndarray) -> str:
-        """Text of a continuation, marked as ended (``<eos>``) or cut off (``...``)."""
-        ids = [int(i) for i in ids]
-        ended = EOS_ID in ids
-        if ended:
-            ids = ids[: ids.index(EOS_ID)]
-        text = data.tokenizer.decode([i for i in ids if i != PAD_ID])
-        return text + (" <eos>" if ended else " ...")
+    return evaluate_mle
 
+
+def _detokenize(tokenizer: Any, ids: np.ndarray) -> str:
+    """Text of a continuation, marked as ended (``<eos>``) or cut off (``...``)."""
+    ids = [int(i) for i in ids]
+    ended = EOS_ID in ids
+    if ended:
+        ids = ids[: ids.index(EOS_ID)]
+    text = tokenizer.decode([i for i in ids if i != PAD_ID])
+    return text + (" <eos>" if ended else " ...")
+
+
+def _describe_fn(
+    eval_chunk_fn: _EvalChunkFn, data: TextCompletionData, eval_chunk: int, prefix_len: int
+) -> Callable[[Params, Params, str, int], str]:
     def describe(params: Params, reference: Params, split: str, num_examples: int) -> str:
         """Prefixes, greedy continuations and reference continuations, as plain text."""
         tokens = data.splits[split][:num_examples]
@@ -1103,19 +1171,40 @@ def make_task(config: Any) -> Task:
         lines = []
         for row, cont, length in zip(tokens, continuations, lengths, strict=True):
             lines.append(f"prefix:    {data.tokenizer.decode([int(i) for i in row[:prefix_len]])}")
-            lines.append(f"greedy:    {detokenize(cont)}  [{int(length)} tokens]")
-            lines.append(f"reference: {detokenize(row[prefix_len:])}")
+            lines.append(f"greedy:    {_detokenize(data.tokenizer, cont)}  [{int(length)} tokens]")
+            lines.append(f"reference: {_detokenize(data.tokenizer, row[prefix_len:])}")
             lines.append("")
         return "\n".join(lines).rstrip()
 
+    return describe
+
+
+def make_task(config: Any) -> Task:
+    """Builds the text completion task.
+
+    Args:
+      config: the task config (``config.task_config`` of `configs/text_completion.py`); the
+        fields are documented there.
+
+    Returns:
+      The `Task`. Its batches are ``{"tokens": int32 (batch_size, max_tokens + 1)}``.
+
+    Raises:
+      ValueError: for inconsistent lengths or an unknown ``task_loss``.
+    """
+    _check_task_config(config)
+    data = build_data(config)
+    setup = _Setup.from_config(config, data.vocab_size)
+    eval_chunk_fn = _eval_chunk_fn(setup)
+    eval_chunk = config.eval_batch_size
     return Task(
         name="text_completion",
-        init_params=init_params,
-        train_batch=train_batch,
-        mle_loss=mle_loss,
-        task_loss=task_loss,
-        sample=sample,
-        evaluate=evaluate,
+        init_params=_init_params_fn(setup.model),
+        train_batch=_train_batch_fn(data, config.batch_size),
+        mle_loss=_mle_loss_fn(setup.model),
+        task_loss=_task_loss_fn(setup),
+        sample=_sample_fn(setup, config.sample_temperature, config.dedupe_samples),
+        evaluate=_evaluate_fn(eval_chunk_fn, data, eval_chunk),
         metrics=(
             Metric("task_loss", True, "task loss"),
             Metric("seq_rep_4", True, "seq-rep-4"),
@@ -1124,6 +1213,6 @@ def make_task(config: Any) -> Task:
             Metric("len_gap", True, "|len - ref|"),
         ),
         primary_metric="task_loss",
-        describe=describe,
-        evaluate_mle=evaluate_mle,
+        describe=_describe_fn(eval_chunk_fn, data, eval_chunk, setup.prefix_len),
+        evaluate_mle=_evaluate_mle_fn(setup.model, data, eval_chunk),
     )

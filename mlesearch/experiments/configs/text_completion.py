@@ -5,7 +5,7 @@ minimization in neural sequence modeling" (AAAI 2021, arXiv 2006.03158), at lapt
 paper's settings: a small transformer is pretrained by MLE on prose paragraphs of CPython's help
 texts and standard-library docstrings, then fine-tuned so that its greedy continuations of
 10-token prefixes repeat less and end (seq-rep-4 and non-termination), scored by the task loss of
-`mlesearch.tasks.text_completion` (the summed NLL of the continuation under the MLE model). During
+`tasks.text_completion` (the summed NLL of the continuation under the MLE model). During
 fine-tuning continuations are cut at 1.3 times the batch's longest reference; evaluation decodes
 twice the longest possible reference, on 500 validation and 690 test prefixes.
 
@@ -17,7 +17,7 @@ machine, so the bare ``mlesearch`` command runs 2 seeds and ``mlesearch compare 
 
 import ml_collections
 
-from mlesearch.configs.common import base_config
+from mlesearch.experiments.configs.common import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

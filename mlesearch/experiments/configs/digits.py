@@ -6,14 +6,14 @@ minutes on two CPU cores.
 
 import ml_collections
 
-from mlesearch.configs.common import base_config
+from mlesearch.experiments.configs.common import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     """The digits experiment: `configs.common.base_config` with task-specific sizes.
 
     Returns:
-      A ConfigDict; ``task_config`` holds the fields that `mlesearch.tasks.digits.make_task`
+      A ConfigDict; ``task_config`` holds the fields that `tasks.digits.make_task`
       reads.
     """
     config = base_config()

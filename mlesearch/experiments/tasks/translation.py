@@ -72,11 +72,11 @@ import jax.numpy as jnp
 import numpy as np
 from babel import dates as babel_dates
 
-from mlesearch import metrics
 from mlesearch.baselines import unique_sample_mask
-from mlesearch.decoding import DecodeOutput, greedy_decode, sample_decode, transformer_decoder
-from mlesearch.models import TransformerConfig, TransformerLM, lm_loss, token_log_probs
-from mlesearch.tasks.base import Batch, Metric, Params, Samples, Task
+from mlesearch.experiments.tasks.base import Batch, Metric, Params, Samples, Task
+from mlesearch.seq import metrics
+from mlesearch.seq.decoding import DecodeOutput, greedy_decode, sample_decode, transformer_decoder
+from mlesearch.seq.models import TransformerConfig, TransformerLM, lm_loss, token_log_probs
 
 PAD, EOS, SEP = "<pad>", "<eos>", "<sep>"
 SPECIAL_TOKENS = (PAD, EOS, SEP)
@@ -431,7 +431,7 @@ def _reader(config: Mapping[str, Any] | None) -> Any:
 class DateTranslation:
     """The model and the functions of the date translation task, over one `TranslationData`.
 
-    `make_task` wraps an instance in a `mlesearch.tasks.base.Task`. Batches are
+    `make_task` wraps an instance in a `mlesearch.experiments.tasks.base.Task`. Batches are
     ``{"prompt": (B, source_len + 1), "target": (B, target_len)}`` int32 (see `encode_examples`).
 
     Args:
@@ -850,7 +850,7 @@ def make_task(config: Mapping[str, Any]) -> Task:
         from `DEFAULTS`.
 
     Returns:
-      The `mlesearch.tasks.base.Task`, with ``primary_metric="bleu"`` (corpus BLEU).
+      The `mlesearch.experiments.tasks.base.Task`, with ``primary_metric="bleu"`` (corpus BLEU).
 
     References:
       Welleck and Cho, MLE-guided parameter search for task loss minimization in neural sequence

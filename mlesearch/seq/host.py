@@ -75,7 +75,7 @@ def host_task_loss(
     Examples:
       >>> import collections
       >>> import jax, jax.numpy as jnp
-      >>> import mlesearch.host as host
+      >>> from mlesearch.seq import host
       >>> def distinct_ratio(tokens):  # plain Python on a NumPy array
       ...   return 1.0 - len(collections.Counter(tokens.tolist())) / tokens.size
       >>> loss = host.host_task_loss(distinct_ratio)

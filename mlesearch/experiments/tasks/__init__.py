@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mlesearch.tasks.base import Batch, Metric, Params, Samples, Task
+from mlesearch.experiments.tasks.base import Batch, Metric, Params, Samples, Task
 
 TASKS = ("text_completion", "digits", "digits_lt", "translation")
 
@@ -31,7 +31,7 @@ def make_task(name: str, config: Any) -> Task:
     """
     if name not in TASKS:
         raise ValueError(f"Unknown task {name!r}; choose one of {TASKS}.")
-    module = importlib.import_module(f"mlesearch.tasks.{name}")
+    module = importlib.import_module(f"mlesearch.experiments.tasks.{name}")
     return module.make_task(config)
 
 

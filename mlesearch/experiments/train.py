@@ -32,8 +32,8 @@ classifier's last layer). Every method's updates of the other leaves are set to 
 loss sees them at their pretrained values, so that perturbation-based methods (MGS, the evolution
 strategies) search only the trainable leaves.
 
-What does not: tasks (`mlesearch.tasks`), configs (``configs/``), the command line, the results
-table and plots (`mlesearch.cli`).
+What does not: tasks (`tasks`), configs (``configs/``), the command line (`cli`), the results
+table and plots (`report`).
 
 Exact resumption: the random numbers of step ``t`` (data batches, sampled outputs) come from
 ``fold_in(key, t)`` for a key made from the seed, and those of MGS and the evolution strategies
@@ -83,9 +83,9 @@ import numpy as np
 import optax
 
 from mlesearch import baselines
-from mlesearch.configs.common import METHODS
+from mlesearch.experiments.configs.common import METHODS
+from mlesearch.experiments.tasks import TASKS, Task, make_task
 from mlesearch.recipes import with_mgs
-from mlesearch.tasks import TASKS, Task, make_task
 from mlesearch.transform import mgs
 
 logger = logging.getLogger(__name__)
