@@ -24,13 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlesearch import _utils, sampling
-from mlesearch._checks import check_guide_matches_params as _check_guide_matches_params
-from mlesearch._checks import check_params as _check_params
-from mlesearch._checks import check_positive as _check_positive
-from mlesearch._checks import check_task_loss as _check_task_loss
-from mlesearch._checks import is_tracer as _is_tracer
-from mlesearch._checks import static_int as _static_int
+from mlesearch import _checks, _utils, sampling
 
 
 class MGSInfo(NamedTuple):
@@ -49,14 +43,6 @@ class MGSState(NamedTuple):
     key: jax.Array  # () typed PRNG key, split every step.
     count: jax.Array  # () int32: number of steps taken.
     info: MGSInfo  # diagnostics of the last step (zeros before the first).
-
-
-def _effective_delta(param: jax.Array, delta: jax.Array) -> jax.Array:
-    """``round(θ + Δ) - θ`` in float32 for a leaf narrower than float32; ``Δ`` otherwise."""
-    if jnp.finfo(param.dtype).bits >= 32:
-        return delta
-    wide = param.astype(jnp.float32)
-    return (wide + delta).astype(param.dtype).astype(jnp.float32) - wide
 
 
 def _candidate_sharding(
@@ -278,27 +264,22 @@ def _check_settings(
     candidate_axis: Any,
 ) -> _Settings:
     """Checks the arguments of :func:`mgs` and returns them normalised, or raises ValueError."""
-    num_candidates = _static_int(num_candidates, "num_candidates")
-    if num_candidates < 1:
-        raise ValueError(f"num_candidates must be at least 1, got {num_candidates}.")
-    if _is_tracer(mix):
+    num_candidates = _checks.static_int(num_candidates, "num_candidates", minimum=1)
+    if _checks.is_tracer(mix):
         raise ValueError(
             'mix must be a static Python number; with optax.inject_hyperparams, add "mix" to '
             "static_args."
         )
+    _checks.check_in_range(mix, "mix", 0.0, 1.0, open_low=False)
     mix = float(np.asarray(mix))
-    if not 0.0 <= mix <= 1.0:
-        raise ValueError(f"mix must be in [0, 1], got {mix}.")
-    _check_positive(sigma, "sigma")
+    _checks.check_positive(sigma, "sigma")
     auto = isinstance(temperature, str)
     if auto and temperature != "auto":
         raise ValueError(f'temperature must be a positive number or "auto", got {temperature!r}.')
     if not auto:
-        _check_positive(temperature, "temperature")
-    if auto and not _is_tracer(target_ess):
-        target = float(np.asarray(target_ess))
-        if not 0.0 < target <= 1.0:
-            raise ValueError(f"target_ess is a fraction of num_candidates in (0, 1], got {target}.")
+        _checks.check_positive(temperature, "temperature")
+    if auto:
+        _checks.check_in_range(target_ess, "target_ess", 0.0, 1.0, open_low=True)
     if weighting not in sampling.WEIGHTINGS:
         raise ValueError(f"weighting must be one of {sampling.WEIGHTINGS}, got {weighting!r}.")
     if noise not in sampling.NOISE_SCALES:
@@ -315,7 +296,7 @@ def _check_settings(
     if chunk_size is None:
         chunk = num_candidates
     else:
-        chunk = _static_int(chunk_size, "chunk_size")
+        chunk = _checks.static_int(chunk_size, "chunk_size")
         if chunk < 1:
             raise ValueError(f"chunk_size must be at least 1 or None, got {chunk}.")
         chunk = min(chunk, num_candidates)
@@ -332,7 +313,7 @@ def _check_settings(
         sharding=_candidate_sharding(mesh, candidate_axis),
         # Under inject_hyperparams without "key" in static_args the key arrives as an array:
         # traced in update (where it is not needed) and concrete in init (where it is).
-        key=None if _is_tracer(key) else _utils.canonicalize_key(key),
+        key=None if _checks.is_tracer(key) else _utils.canonicalize_key(key),
     )
 
 
@@ -362,24 +343,15 @@ def _bound_task_loss(
     updates: Any, params: Any, task_loss_fn: Callable[..., Any] | None, extra_args: dict[str, Any]
 ) -> tuple[Callable[[Any], jax.Array], dict[str, Any]]:
     """Checks the arguments of ``update``; returns ``params -> task loss`` and its kwargs."""
-    if params is None:
-        raise ValueError(
-            "mgs needs the current parameters: call tx.update(updates, state, params, "
-            "task_loss_fn=...)."
-        )
-    if task_loss_fn is None:
-        raise ValueError(
-            "mgs needs a task loss: call tx.update(updates, state, params, "
-            "task_loss_fn=f), where f(params, **kwargs) returns a scalar."
-        )
-    _check_params(params)
-    _check_guide_matches_params(updates, params)
+    _checks.check_update_arguments(params, task_loss_fn, "mgs")
+    _checks.check_params(params)
+    _checks.check_guide_matches_params(updates, params)
     loss_kwargs = _utils.route_kwargs(task_loss_fn, extra_args)
 
     def loss_fn(candidate_params: Any) -> jax.Array:
         return task_loss_fn(candidate_params, **loss_kwargs)
 
-    _check_task_loss(loss_fn, params)
+    _checks.check_task_loss(loss_fn, params)
     return loss_fn, loss_kwargs
 
 
