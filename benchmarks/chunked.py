@@ -17,13 +17,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from _timing import interleaved, load_average, paired_ratio, warm_up
 
 import mlesearch as mls
 
@@ -42,14 +41,12 @@ def _step(dim: int, num_candidates: int, chunk_size: int | None) -> Callable[[],
     step = jax.jit(
         lambda u, s, p: tx.update(u, s, p, task_loss_fn=lambda q: jnp.mean(jnp.tanh(q["w"])))
     )
-    jax.block_until_ready(step(guide, state, params))  # compile outside the timing
-    return lambda: jax.block_until_ready(step(guide, state, params))
 
+    def run():
+        return step(guide, state, params)
 
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    ordered = sorted(values)
-    q1, median, q3 = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else ordered * 3
-    return q1, median, q3
+    warm_up(run)  # compile outside the timing
+    return run
 
 
 def main() -> None:
@@ -64,25 +61,19 @@ def main() -> None:
     repeats = 2 if args.smoke else args.repeats
     chunks = sorted({1, max(num_candidates // 2, 1)})
     print(f"mgs step, chunked / unchunked, n = {num_candidates}, {repeats} interleaved repeats")
-    print("d          chunk  median ratio  IQR            unchunked ms")
+    print("d          chunk  median ratio  IQR            unchunked ms  load start-end")
     for dim in dims:
-        steps = {chunk: _step(dim, num_candidates, chunk) for chunk in [None, *chunks]}
-        ratios: dict[int, list[float]] = {chunk: [] for chunk in chunks}
-        base_times = []
-        for _ in range(repeats):
-            times = {}
-            for chunk, step in steps.items():
-                start = time.perf_counter()
-                step()
-                times[chunk] = time.perf_counter() - start
-            base_times.append(times[None])
-            for chunk in chunks:
-                ratios[chunk].append(times[chunk] / times[None])
-        base = statistics.median(base_times) * 1e3
+        steps = {str(chunk): _step(dim, num_candidates, chunk) for chunk in [None, *chunks]}
+        load_start = load_average()
+        times = interleaved(steps, repeats)
+        load_end = load_average()
+        base = statistics.median(times["None"]) * 1e3
         for chunk in chunks:
-            q1, median, q3 = _quartiles(ratios[chunk])
-            print(f"{dim:<10d} {chunk:<6d} {median:>12.2f}  {q1:.2f}-{q3:.2f}      {base:>10.1f}")
-    print("load average (1, 5, 15 min):", " ".join(f"{x:.2f}" for x in os.getloadavg()))
+            r = paired_ratio(times, str(chunk), "None")
+            print(
+                f"{dim:<10d} {chunk:<6d} {r['median']:>12.2f}  {r['q1']:.2f}-{r['q3']:.2f}"
+                f"      {base:>10.1f}  {load_start:.2f}-{load_end:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def measure(dim: int, num_candidates: int, repeats: int) -> dict[str, Any]:
     import optax
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _timing
     import speed
 
     import mlesearch as mls
@@ -50,7 +51,7 @@ def measure(dim: int, num_candidates: int, repeats: int) -> dict[str, Any]:
         u, state = tx.update(grad_fn(p, *data), state, p, task_loss_fn=routed, data=data)
         return optax.apply_updates(p, u), state
 
-    seconds = speed._time(lambda: step(params, state, data), repeats)
+    seconds = _timing.median_time(lambda: step(params, state, data), repeats)
     return dict(seconds=seconds, devices=jax.device_count(), backend=jax.default_backend())
 
 

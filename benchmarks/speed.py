@@ -1,25 +1,34 @@
 """Step time of MGS against the batched limit, a sequential loop and evosax, side by side.
 
 Usage:
-  python benchmarks/speed.py                       # the default sweep (minutes on 2 CPU cores)
+  python benchmarks/speed.py                       # d = 1e4-1e6, n = 4-32, LM small
   python benchmarks/speed.py --n 4 8 --d 1e3 1e5   # a smaller sweep
   python benchmarks/speed.py --smoke               # seconds: checks that everything runs
 
-Each cell times, in one process, after warm-up, the median over ``--repeats`` calls (with
-``block_until_ready``) of:
+Each cell compiles and warms up, in one process, the jitted steps
 
-  (a) mgs: one jitted training step, the surrogate gradient then ``mlesearch.mgs`` with n
-      candidates of a non-differentiable task loss;
-  (b) limit: the same surrogate gradient plus ONE batched evaluation of all n candidates' losses,
-      written by hand (noise drawn for all n at once, params + noise, ``jax.vmap`` of the loss);
+  (a) mgs: one training step, the surrogate gradient, an SGD update as the guide, then
+      ``mlesearch.mgs`` with n candidates of a non-differentiable task loss;
+  (b) limit: the least work such a step needs, written by hand: the same surrogate gradient and
+      optimiser update, ONE batched evaluation of all n candidates' losses (noise drawn for all n
+      at once, ``jax.vmap`` of the loss), softmax weights and the weighted sum of the candidates
+      (one ``tensordot`` per leaf), applied to the parameters;
   (c) sequential: the surrogate gradient, then the n candidates one jitted call each, as a PyTorch
       loop would;
   (d) evosax OpenES and GuidedES with population n: ask, ``jax.vmap`` of the same loss, tell, in
-      one jitted step (GuidedES also takes the surrogate gradient).
+      one jitted step (GuidedES also takes the surrogate gradient);
+  (e) with_mgs: a step of ``mlesearch.with_mgs(optax.adam(lr), probe_scale=0.1, num_candidates=n)``,
+      the paper's placement, against its own limit (b'), which is (b) with the weighted direction
+      handed to Adam as a pseudo-gradient;
 
-It prints the ratios a/b, a/c and a/d per cell and writes them, with the raw times, as JSON.
-Workloads: an MLP classifier with 0/1 error as the task loss (d set by its hidden width), and the
-transformer language model of ``mlesearch.models`` with token error rate as the task loss.
+and then runs ``--repeats`` repetitions in which every step runs once, in an order shuffled with
+a fixed seed (each call waited for with ``block_until_ready``). Each ratio a/b, a/c, a/d and e/b'
+(``with_mgs/b`` in the JSON) is the median over the repetitions of the paired, per-repetition
+ratio, reported with its interquartile range and the 1-minute load average at the start and the
+end of the cell: under load only such paired ratios carry over. It prints them per cell and writes
+them, with the per-repetition times, as JSON. Workloads: an MLP classifier with 0/1 error as the
+task loss (d set by its hidden width), and the transformer language model of ``mlesearch.models``
+with token error rate as the task loss.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from _timing import interleaved, load_average, paired_ratio, warm_up
 
 import mlesearch as mls
 from mlesearch import models
@@ -71,7 +81,7 @@ def mlp_workload(num_params: int, batch: int = 128, inputs: int = 64, classes: i
 
 def lm_workload(size: str = "small", batch: int = 16, length: int = 32):
     """The transformer LM of `mlesearch.models` on random tokens; token error rate as task loss."""
-    widths = {"small": (2, 64), "medium": (4, 128), "large": (6, 256)}
+    widths = {"tiny": (1, 16), "small": (2, 64), "medium": (4, 128), "large": (6, 256)}
     layers, width = widths[size]
     config = models.TransformerConfig(
         vocab_size=512,
@@ -96,19 +106,59 @@ def lm_workload(size: str = "small", batch: int = 16, length: int = 32):
     return params, surrogate, task_loss, (tokens,)
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> float:
-    jax.block_until_ready(fn())
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _limit_step(
+    grad_fn: Callable[..., jax.Array],
+    task_loss: Callable[..., jax.Array],
+    n: int,
+    sigma: float,
+    optimizer: optax.GradientTransformation,
+    probe_scale: float | None = None,
+) -> Callable[..., Any]:
+    """The least work of one step: gradient, optimiser, one fused evaluation, weighted sum.
+
+    Without ``probe_scale`` the optimiser's update is the guide u (the placement of
+    ``optax.chain(optimizer, mgs(...))``); with it, u = -probe_scale * g and the weighted
+    direction goes to the optimiser as the pseudo-gradient -Δ*/probe_scale (``with_mgs``).
+    The candidates are u + σε_i, the weights softmax(-l_i) and Δ* = u + σ Σ w_i ε_i.
+    """
+
+    def step(p, opt_state, key, data):
+        g = grad_fn(p, *data)
+        if probe_scale is None:
+            u, opt_state = optimizer.update(g, opt_state, p)
+        else:
+            u = jax.tree.map(lambda x: -probe_scale * x, g)
+        leaves, treedef = jax.tree.flatten(p)
+        guides = treedef.flatten_up_to(u)
+        keys = jax.random.split(key, len(leaves))
+        noise = [
+            jax.random.normal(k, (n, *x.shape), x.dtype) for k, x in zip(keys, leaves, strict=True)
+        ]
+
+        def loss(eps):
+            candidate = [x + v + sigma * e for x, v, e in zip(leaves, guides, eps, strict=True)]
+            return task_loss(jax.tree.unflatten(treedef, candidate), *data)
+
+        weights = jax.nn.softmax(-jax.vmap(loss)(noise))
+        delta = jax.tree.unflatten(
+            treedef,
+            [
+                v + sigma * jnp.tensordot(weights, e, axes=1)
+                for v, e in zip(guides, noise, strict=True)
+            ],
+        )
+        if probe_scale is not None:
+            pseudo = jax.tree.map(lambda d: -d / probe_scale, delta)
+            delta, opt_state = optimizer.update(pseudo, opt_state, p)
+        return optax.apply_updates(p, delta), opt_state
+
+    return jax.jit(step)
 
 
-def implementations(workload: Workload, n: int, lr: float = 1e-3) -> dict[str, Callable[[], Any]]:
-    """The timed callables (a)-(d) for one workload and population size n."""
+def implementations(
+    workload: Workload, n: int, lr: float = 1e-3, probe_scale: float = 0.1
+) -> dict[str, Callable[[], Any]]:
+    """The timed callables (a)-(e) and the two limits for one workload and population size n."""
     params, surrogate, task_loss, data = workload
     grad_fn = jax.grad(surrogate)
     sigma = 1e-2
@@ -117,29 +167,20 @@ def implementations(workload: Workload, n: int, lr: float = 1e-3) -> dict[str, C
     def routed(p, data):
         return task_loss(p, *data)
 
-    tx = optax.chain(optax.sgd(lr), mls.mgs(num_candidates=n, sigma=sigma, key=0))
-    mgs_state = tx.init(params)
+    def mgs_step_for(tx):
+        @jax.jit
+        def step(p, state, data):
+            g = grad_fn(p, *data)
+            u, state = tx.update(g, state, p, task_loss_fn=routed, data=data)
+            return optax.apply_updates(p, u), state
 
-    @jax.jit
-    def mgs_step(p, state, data):
-        g = grad_fn(p, *data)
-        u, state = tx.update(g, state, p, task_loss_fn=routed, data=data)
-        return optax.apply_updates(p, u), state
+        state = tx.init(params)
+        return lambda: step(params, state, data)
 
-    @jax.jit
-    def limit_step(p, key, data):
-        g = grad_fn(p, *data)
-        leaves, treedef = jax.tree.flatten(p)
-        keys = jax.random.split(key, len(leaves))
-        noise = [
-            sigma * jax.random.normal(k, (n, *leaf.shape))
-            for k, leaf in zip(keys, leaves, strict=True)
-        ]
-        candidates = jax.tree.unflatten(
-            treedef, [x + e for x, e in zip(leaves, noise, strict=True)]
-        )
-        losses = jax.vmap(lambda c: task_loss(c, *data))(candidates)
-        return g, losses
+    sgd, adam = optax.sgd(lr), optax.adam(lr)
+    limit_step = _limit_step(grad_fn, task_loss, n, sigma, sgd)
+    limit_adam_step = _limit_step(grad_fn, task_loss, n, sigma, adam, probe_scale)
+    sgd_state, adam_state = sgd.init(params), adam.init(params)
 
     grad_jit = jax.jit(lambda p, data: grad_fn(p, *data))
 
@@ -161,12 +202,26 @@ def implementations(workload: Workload, n: int, lr: float = 1e-3) -> dict[str, C
         return g, jnp.stack(losses)
 
     out = {
-        "mgs": lambda: mgs_step(params, mgs_state, data),
-        "limit": lambda: limit_step(params, jax.random.key(1), data),
+        "mgs": mgs_step_for(optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0))),
+        "limit": lambda: limit_step(params, sgd_state, jax.random.key(1), data),
         "sequential": sequential,
     }
     out.update(_evosax_steps(params, grad_fn, task_loss, data, n, sigma, lr))
+    out["with_mgs"] = mgs_step_for(
+        mls.with_mgs(adam, probe_scale=probe_scale, num_candidates=n, key=0)
+    )
+    out["limit_adam"] = lambda: limit_adam_step(params, adam_state, jax.random.key(1), data)
     return out
+
+
+# Each reported ratio: (name in the JSON, numerator, denominator).
+RATIOS = (
+    ("a/b", "mgs", "limit"),
+    ("a/c", "mgs", "sequential"),
+    ("a/d_open_es", "mgs", "open_es"),
+    ("a/d_guided_es", "mgs", "guided_es"),
+    ("with_mgs/b", "with_mgs", "limit_adam"),
+)
 
 
 def _evosax_steps(params, grad_fn, task_loss, data, n, sigma, lr) -> dict[str, Callable[[], Any]]:
@@ -203,6 +258,25 @@ def _evosax_steps(params, grad_fn, task_loss, data, n, sigma, lr) -> dict[str, C
     return steps
 
 
+def time_cell(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Any]:
+    """Compiles and warms up every step, then times them interleaved; the cell's JSON fields."""
+    for fn in fns.values():
+        warm_up(fn)
+    load_start = load_average()
+    samples = interleaved(fns, repeats)
+    load_end = load_average()
+    ratios = {}
+    for key, numerator, denominator in RATIOS:
+        ratio = paired_ratio(samples, numerator, denominator)
+        ratios[key] = {k: ratio[k] for k in ("median", "q1", "q3")}
+    return dict(
+        seconds={name: statistics.median(times) for name, times in samples.items()},
+        samples=samples,
+        ratios=ratios,
+        load=dict(start=load_start, end=load_end),
+    )
+
+
 def run(args: argparse.Namespace, out: str | None = None) -> dict[str, Any]:
     """Times every cell; with ``out``, rewrites the JSON there after each cell."""
     cells = []
@@ -211,33 +285,28 @@ def run(args: argparse.Namespace, out: str | None = None) -> dict[str, Any]:
         workloads.append((f"mlp d={int(d):.0e}", lambda d=d: mlp_workload(int(d))))
     for size in args.lm:
         workloads.append((f"lm {size}", lambda size=size: lm_workload(size)))
-    header = (
-        f"{'workload':<16}{'d':>10}{'n':>4}{'mgs ms':>10}{'a/b':>7}{'a/c':>7}"
-        f"{'a/d open':>9}{'a/d guided':>11}"
-    )
+    columns = "".join(f"{key:>18}" for key, _, _ in RATIOS)
+    header = f"{'workload':<14}{'d':>10}{'n':>4}{'mgs ms':>9}{columns}{'load':>11}"
+    print(f"median of {args.repeats} paired ratios per cell (interquartile range)")
     print(header)
     print("-" * len(header))
     for label, make in workloads:
         workload = make()
         num_params = sum(x.size for x in jax.tree.leaves(workload[0]))
         for n in args.n:
-            timed = {
-                name: _time(fn, args.repeats) for name, fn in implementations(workload, n).items()
-            }
-            cell = dict(workload=label, d=int(num_params), n=n, seconds=timed)
-            cell["ratios"] = {
-                "a/b": timed["mgs"] / timed["limit"],
-                "a/c": timed["mgs"] / timed["sequential"],
-                "a/d_open_es": timed["mgs"] / timed["open_es"],
-                "a/d_guided_es": timed["mgs"] / timed["guided_es"],
-            }
+            cell = dict(workload=label, d=int(num_params), n=n)
+            cell.update(time_cell(implementations(workload, n), args.repeats))
             cells.append(cell)
             if out:
                 _write(out, _results(args, cells))
-            r = cell["ratios"]
+            ratios = "".join(
+                f"{r['median']:>6.2f} ({r['q1']:.2f}-{r['q3']:.2f})"
+                for r in cell["ratios"].values()
+            )
+            load = cell["load"]
             print(
-                f"{label:<16}{num_params:>10}{n:>4}{1e3 * timed['mgs']:>10.2f}{r['a/b']:>7.2f}"
-                f"{r['a/c']:>7.2f}{r['a/d_open_es']:>9.2f}{r['a/d_guided_es']:>11.2f}",
+                f"{label:<14}{num_params:>10}{n:>4}{1e3 * cell['seconds']['mgs']:>9.2f}{ratios}"
+                f"{load['start']:>6.2f}-{load['end']:.2f}",
                 flush=True,
             )
     return _results(args, cells)
@@ -260,12 +329,15 @@ def _results(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
             jax=jax.__version__,
         ),
         repeats=args.repeats,
+        timing="interleaved: every step once per repetition, shuffled order (seed 0); ratios "
+        "are the median and quartiles of the per-repetition ratios",
         cells=cells,
     )
 
 
 def plot(results: dict[str, Any], path: str) -> None:
-    """Step time against n (largest MLP) and against d (largest n), log-log, one line per method."""
+    """Step time against n (largest MLP) and against d (largest n), log-log, one line per step;
+    and the paired ratio a/b (median, interquartile range as error bars) against d, per n."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,7 +347,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     if not cells:
         return
     names = list(cells[0]["seconds"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     d_max, n_max = max(c["d"] for c in cells), max(c["n"] for c in cells)
     for name in names:
         by_n = sorted((c["n"], c["seconds"][name]) for c in cells if c["d"] == d_max)
@@ -286,17 +358,34 @@ def plot(results: dict[str, Any], path: str) -> None:
         xscale="log",
         yscale="log",
         xlabel="candidates n",
-        ylabel="step time (s)",
+        ylabel="step time (s, median)",
         title=f"MLP, d = {d_max:,}",
     )
     axes[1].set(
         xscale="log",
         yscale="log",
         xlabel="parameters d",
-        ylabel="step time (s)",
+        ylabel="step time (s, median)",
         title=f"n = {n_max}",
     )
-    axes[0].legend()
+    axes[0].legend(fontsize="small")
+    for n in sorted({c["n"] for c in cells}):
+        row = sorted((c["d"], c["ratios"]["a/b"]) for c in cells if c["n"] == n)
+        ds = [d for d, _ in row]
+        medians = [r["median"] for _, r in row]
+        spread = [
+            [r["median"] - r["q1"] for _, r in row],
+            [r["q3"] - r["median"] for _, r in row],
+        ]
+        axes[2].errorbar(ds, medians, yerr=spread, marker="o", capsize=3, label=f"n = {n}")
+    axes[2].axhline(1.10, color="gray", linestyle="--", linewidth=1, label="target 1.10")
+    axes[2].set(
+        xscale="log",
+        xlabel="parameters d",
+        ylabel="a/b, median of paired ratios (IQR)",
+        title="mgs / limit",
+    )
+    axes[2].legend(fontsize="small")
     fig.suptitle(f"{results['machine']['backend']}, jax {results['machine']['jax']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -304,16 +393,22 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[2, 4, 8, 16, 32])
-    parser.add_argument("--d", type=float, nargs="+", default=[1e3, 1e4, 1e5, 1e6, 1e7])
-    parser.add_argument("--lm", nargs="*", default=["small", "medium"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n", type=int, nargs="+", default=[4, 16, 32])
+    parser.add_argument("--d", type=float, nargs="+", default=[1e4, 1e5, 1e6])
+    parser.add_argument(
+        "--lm", nargs="*", default=None, help="LM sizes: tiny, small, medium, large (default small)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=9, help="interleaved repetitions per cell (paired ratios)"
+    )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
     parser.add_argument("--plot", default=None, help="PNG path for the log-log plot")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check that it runs")
     args = parser.parse_args()
-    if args.smoke:
-        args.n, args.d, args.lm, args.repeats = [2], [1e3], [], 1
+    if args.smoke:  # LM rows only when named, e.g. --smoke --lm tiny
+        args.n, args.d, args.lm, args.repeats = [2], [1e3], args.lm or [], 3
+    elif args.lm is None:
+        args.lm = ["small"]
     out = args.out or os.path.join(
         os.path.dirname(__file__), "results", f"speed_{jax.default_backend()}.json"
     )

@@ -1,16 +1,83 @@
 """The benchmarks run (tiny sizes, no timing assertions)."""
 
+import json
 import pathlib
+import sys
 
 import pytest
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["speed.py", "memory.py", "devices.py", "chunked.py"])
-def test_benchmark_smoke_run(run_python, script):
-    stdout = run_python([str(BENCHMARKS / script), "--smoke"])
-    assert len(stdout.strip().splitlines()) >= 3, stdout
+@pytest.fixture
+def run_benchmark(run_python):
+    """``run_benchmark(script, *args)``: runs a benchmark with ``--smoke``; its output lines."""
+
+    def run(script, *args):
+        stdout = run_python([str(BENCHMARKS / script), "--smoke", *args])
+        lines = stdout.strip().splitlines()
+        assert len(lines) >= 3, stdout
+        return lines
+
+    return run
+
+
+@pytest.mark.parametrize("script", ["devices.py", "chunked.py"])
+def test_benchmark_smoke_run(run_benchmark, script):
+    run_benchmark(script)
+
+
+def test_timing_interleaves_and_pairs():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import _timing
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = _timing.interleaved(fns, repeats=6, seed=0)
+    assert {name: len(t) for name, t in times.items()} == {"a": 6, "b": 6, "c": 6}
+    rounds = [calls[i : i + 3] for i in range(0, 18, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)  # each runs once per repetition
+    assert len({tuple(r) for r in rounds}) > 1  # in more than one order
+    ratio = _timing.paired_ratio({"x": [2.0, 4.0, 9.0], "y": [1.0, 1.0, 3.0]}, "x", "y")
+    assert ratio["median"] == 3.0 and ratio["values"] == [2.0, 4.0, 3.0]
+    assert ratio["q1"] <= ratio["median"] <= ratio["q3"]
+
+
+def test_speed_smoke_run_writes_paired_ratios(run_benchmark, tmp_path):
+    out, png = tmp_path / "speed.json", tmp_path / "speed.png"
+    run_benchmark("speed.py", "--lm", "tiny", "--out", str(out), "--plot", str(png))
+    results = json.loads(out.read_text())
+    assert png.stat().st_size > 0
+    assert [c["workload"] for c in results["cells"]] == ["mlp d=1e+03", "lm tiny"]
+    steps = {"mgs", "limit", "sequential", "open_es", "guided_es", "with_mgs", "limit_adam"}
+    for cell in results["cells"]:
+        assert set(cell["seconds"]) == steps
+        assert {name: len(t) for name, t in cell["samples"].items()} == dict.fromkeys(
+            steps, results["repeats"]
+        )
+        assert set(cell["ratios"]) == {"a/b", "a/c", "a/d_open_es", "a/d_guided_es", "with_mgs/b"}
+        for ratio in cell["ratios"].values():
+            assert 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
+        assert set(cell["load"]) == {"start", "end"}
+
+
+@pytest.mark.parametrize("large_step", [False, True])
+def test_memory_smoke_run(run_benchmark, tmp_path, large_step):
+    out = tmp_path / "memory.json"
+    run_benchmark("memory.py", "--out", str(out), *(["--large-step"] if large_step else []))
+    rows = json.loads(out.read_text())["rows"]
+    for row in rows:
+        assert row["finished"] and row["temp_bytes"] > 0
+        assert {"load_start", "load_end", "compile_seconds", "step_seconds"} <= set(row)
+        assert (row["step_seconds"] is not None) == row["run"] == (row["peak_rss_bytes"] > 0)
+    if large_step:
+        assert [(r["n"], r["chunk_size"], r["run"]) for r in rows] == [
+            (16, 8, True),
+            (64, 8, False),
+            (16, None, False),
+        ]
 
 
 def test_mgs_diagnostics_smoke_run(run_python, tmp_path):
