@@ -30,7 +30,7 @@ from mlesearch.sampling import (
     sample_candidate,
     sample_candidates,
 )
-from mlesearch.transform import MGSInfo, MGSState, mgs
+from mlesearch.transform import MGSInfo, MGSState, auto_chunk_size, mgs
 
 __version__ = "0.1.0"
 
@@ -65,6 +65,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "MGSInfo",
     "MGSState",
+    "auto_chunk_size",
     "auto_temperature",
     "baselines",
     "decoding",

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import optax
 
-from mlesearch.transform import mgs
+from mlesearch.transform import DEFAULT_MEMORY_BUDGET, mgs
 
 # The learning rate of AdamW in the released code's fine-tuning of GPT-2 (``--lr``).
 PAPER_LEARNING_RATE = 6.25e-5
@@ -54,11 +54,12 @@ def with_mgs(
     weighting: str = "tilted",
     noise: str = "relative",
     antithetic: bool = False,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = None,
     key: jax.Array | int = 0,
     target_ess: float | jax.Array = 0.5,
     mesh: jax.sharding.Mesh | None = None,
     candidate_axis: str | tuple[str, ...] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> optax.GradientTransformationExtraArgs:
     r"""MGS in the placement of the paper's released code: probe at the clipped gradient, feed
     the weighted direction to ``optimizer`` as a pseudo-gradient.
@@ -90,7 +91,8 @@ def with_mgs(
       clip_norm: c > 0, the global norm to which the gradient and the pseudo-gradient are
         clipped; None drops both clips. May be traced.
       num_candidates, sigma, temperature, mix, weighting, noise, antithetic, chunk_size, key,
-        target_ess, mesh, candidate_axis: the arguments of :func:`mlesearch.mgs`. The defaults
+        target_ess, mesh, candidate_axis, memory_budget: the arguments of
+        :func:`mlesearch.mgs`. The defaults
         differ from ``mgs``'s in three places: relative noise and tilted weights, as in the
         released code, and ``temperature="auto"``, because task losses come on every scale
         (1 - F1 lies in [0, 1], a summed NLL in the tens) and a fixed α suits only one of them.
@@ -150,6 +152,7 @@ def with_mgs(
         target_ess=target_ess,
         mesh=mesh,
         candidate_axis=candidate_axis,
+        memory_budget=memory_budget,
     )
     clip = () if clip_norm is None else (optax.clip_by_global_norm(clip_norm),)
     return optax.chain(

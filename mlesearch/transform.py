@@ -16,6 +16,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -233,12 +234,47 @@ def _sum_over_candidates(
     return total
 
 
+# The default memory_budget of chunk_size="auto": 1 GiB of float32 perturbations.
+DEFAULT_MEMORY_BUDGET = 2**30
+
+
+def auto_chunk_size(num_candidates: int, params: Any, memory_budget: int) -> int:
+    """How many candidates ``chunk_size="auto"`` evaluates at once.
+
+    All n when their float32 perturbations, n · d · 4 bytes for d parameters, fit in
+    ``memory_budget``; else as many as fit, at least 1. The whole step needs a few times that
+    (about 4 parameter-sized float32 buffers per live candidate on CPU, see
+    ``benchmarks/memory.py``).
+
+    Args:
+      num_candidates: n.
+      params: the parameter pytree (arrays or shape-dtype structs); only the sizes are read.
+      memory_budget: bytes, at least 1.
+
+    Returns:
+      The chunk size, an int in [1, n].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from mlesearch.transform import auto_chunk_size
+      >>> auto_chunk_size(16, jnp.zeros((1000,)), memory_budget=16 * 4000)
+      16
+      >>> auto_chunk_size(16, jnp.zeros((1000,)), memory_budget=5 * 4000)
+      5
+    """
+    per_candidate = 4 * sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(params))
+    if num_candidates * per_candidate <= memory_budget:
+        return num_candidates
+    return max(1, min(num_candidates, memory_budget // max(per_candidate, 1)))
+
+
 class _Settings(NamedTuple):
     """The arguments of :func:`mgs`, checked and normalised."""
 
     num_candidates: int
     num_zero_mean: int
-    chunk: int  # candidates evaluated at once; num_candidates when not chunked.
+    chunk: int | None  # candidates evaluated at once (n when not chunked); None: from budget.
+    memory_budget: int  # bytes of perturbations live at once, with chunk_size="auto".
     sigma: Any  # float or traced scalar.
     temperature: Any  # float, traced scalar, or "auto".
     target_ess: Any  # float or traced scalar; used with temperature="auto".
@@ -262,6 +298,7 @@ def _check_settings(
     target_ess: Any,
     mesh: Any,
     candidate_axis: Any,
+    memory_budget: Any = DEFAULT_MEMORY_BUDGET,
 ) -> _Settings:
     """Checks the arguments of :func:`mgs` and returns them normalised, or raises ValueError."""
     num_candidates = _checks.static_int(num_candidates, "num_candidates", minimum=1)
@@ -293,8 +330,13 @@ def _check_settings(
             f"num_candidates={num_candidates} gives {num_zero_mean} zero-mean and {num_guided} "
             "guided candidates. Choose num_candidates and mix so that both counts are even."
         )
+    memory_budget = _checks.static_int(memory_budget, "memory_budget", minimum=1)
     if chunk_size is None:
         chunk = num_candidates
+    elif isinstance(chunk_size, str):
+        if chunk_size != "auto":
+            raise ValueError(f'chunk_size must be an integer, None or "auto", got {chunk_size!r}.')
+        chunk = None
     else:
         chunk = _checks.static_int(chunk_size, "chunk_size")
         if chunk < 1:
@@ -304,6 +346,7 @@ def _check_settings(
         num_candidates=num_candidates,
         num_zero_mean=num_zero_mean,
         chunk=chunk,
+        memory_budget=memory_budget,
         sigma=sigma,
         temperature=temperature,
         target_ess=target_ess,
@@ -444,8 +487,11 @@ def _step(
         loss = jnp.asarray(loss_fn(candidate), jnp.float32)
         return jnp.where(guide_is_finite | (index < num_zero_mean), loss, jnp.nan)
 
+    chunk = settings.chunk
+    if chunk is None:
+        chunk = auto_chunk_size(settings.num_candidates, params, settings.memory_budget)
     losses, log_q, deltas = _candidate_losses(
-        draw, loss_at, settings.num_candidates, settings.chunk, sharding
+        draw, loss_at, settings.num_candidates, chunk, sharding
     )
     log_q = log_q if settings.weighting == "importance" else None
     if isinstance(settings.temperature, str):
@@ -460,7 +506,7 @@ def _step(
     else:
         alpha = jnp.asarray(settings.temperature, jnp.float32)
     weights = sampling.candidate_weights(losses, log_q, alpha, settings.weighting)
-    mean_delta = _weighted_mean(weights, deltas, draw, guide, settings.chunk, sharding)
+    mean_delta = _weighted_mean(weights, deltas, draw, guide, chunk, sharding)
     info = MGSInfo(
         candidate_losses=losses,
         weights=weights,
@@ -480,11 +526,12 @@ def mgs(
     weighting: str = "importance",
     noise: str = "absolute",
     antithetic: bool = False,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = None,
     key: jax.Array | int = 0,
     target_ess: float | jax.Array = 0.5,
     mesh: jax.sharding.Mesh | None = None,
     candidate_axis: str | tuple[str, ...] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> optax.GradientTransformationExtraArgs:
     r"""MLE-guided parameter search: turns a guide update into one that lowers a task loss.
 
@@ -502,10 +549,13 @@ def mgs(
     :math:`\mathrm{softmax}(-l_i/\alpha)` (``"tilted"``).
 
     Without ``chunk_size``, all n candidates are drawn once, evaluated with one vmap and kept for
-    the weighted sum, so temporary memory grows with n (about 5 parameter-sized buffers per
-    candidate in ``benchmarks/memory.py``). With ``chunk_size=c``,
-    candidates are evaluated c at a time and then drawn again from their keys for the weighted sum,
-    so at most about c perturbed copies of the parameters are live at once, whatever n is.
+    the weighted sum, so temporary memory grows with n (about 4 parameter-sized float32 buffers
+    per candidate on CPU in ``benchmarks/memory.py``). With ``chunk_size=c``, candidates are
+    evaluated c at a time and then drawn again from their keys for the weighted sum, so at most
+    about c perturbed copies of the parameters are live at once, whatever n is; the loop costs
+    time (``benchmarks/chunked.py``), so chunk only when memory requires it. With
+    ``chunk_size="auto"`` the step is unchunked while the n perturbations, n · d · 4 bytes, fit
+    in ``memory_budget``, and chunked to fit it otherwise (`auto_chunk_size`).
 
     Parameters in bfloat16 or float16 are perturbed in float32 and rounded: candidate i is
     evaluated at :math:`\mathrm{round}(\theta + \Delta_i)`, and its effective perturbation
@@ -541,7 +591,7 @@ def mgs(
       antithetic: draw candidates in antithetic pairs (m + σε, m - σε). Each component needs an
         even count.
       chunk_size: evaluate this many candidates at a time (bounds memory); None evaluates all n
-        with one vmap.
+        with one vmap; ``"auto"`` picks one from ``memory_budget`` and the size of params. Static.
       key: an int seed, a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
       target_ess: with ``temperature="auto"``, the target ESS as a fraction of n, in (0, 1].
       mesh: a ``jax.sharding.Mesh`` whose devices share the candidates, or None (no constraint:
@@ -549,6 +599,8 @@ def mgs(
       candidate_axis: the mesh axis name (or names) that the candidates are split over; defaults
         to the mesh's first axis. n need not be a multiple of its size, but a multiple balances
         the work. Static.
+      memory_budget: with ``chunk_size="auto"``, the bytes of float32 perturbations that may be
+        live at once (default 1 GiB). Static.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its ``update(updates, state, params,
@@ -589,6 +641,7 @@ def mgs(
         target_ess,
         mesh,
         candidate_axis,
+        memory_budget,
     )
 
     def init_fn(params: optax.Params) -> MGSState:
