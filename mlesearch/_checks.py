@@ -45,16 +45,18 @@ def static_int(value: Any, name: str, minimum: int | None = None) -> int:
     return int(array)
 
 
-def check_positive(value: Any, name: str) -> None:
-    """Checks a float hyperparameter when it is concrete; traced values pass unchecked."""
+def check_positive(value: Any, name: str, fix: str = "") -> None:
+    """Checks that a float hyperparameter is positive and finite when it is concrete; traced values
+    pass unchecked. ``fix``, if given, ends the error message."""
     if is_tracer(value):
         return
+    fix = f" {fix}" if fix else ""
     try:
-        number = float(np.asarray(value))
+        number = float(np.asarray(value, dtype=np.float64))
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be a positive number, got {value!r}.") from error
+        raise ValueError(f"{name} must be a positive number, got {value!r}.{fix}") from error
     if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"{name} must be positive and finite, got {number}.")
+        raise ValueError(f"{name} must be positive and finite, got {number}.{fix}")
 
 
 def concrete_float(value: Any, name: str) -> float | None:

@@ -17,29 +17,16 @@ References:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 
+from mlesearch import _checks
 from mlesearch.transform import DEFAULT_MEMORY_BUDGET, mgs
 
 # The learning rate of AdamW in the released code's fine-tuning of GPT-2 (``--lr``).
 PAPER_LEARNING_RATE = 6.25e-5
-
-
-def _check_positive_finite(value: Any, name: str, fix: str) -> None:
-    """Checks a positive finite scalar when it is concrete; traced values pass unchecked."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    try:
-        number = float(np.asarray(value, dtype=np.float64))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be a positive number, got {value!r}. {fix}") from error
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"{name} must be positive and finite, got {number}. {fix}")
 
 
 def with_mgs(
@@ -132,11 +119,11 @@ def with_mgs(
             "optimizer must be an optax transformation such as optax.adamw(6.25e-5), got "
             f"{type(optimizer).__name__}. Pass the optimiser itself, not its factory."
         )
-    _check_positive_finite(
+    _checks.check_positive(
         probe_scale, "probe_scale", "It sets the size of the guide; try 0.1 to 0.3."
     )
     if clip_norm is not None:
-        _check_positive_finite(
+        _checks.check_positive(
             clip_norm, "clip_norm", "Give the global norm to clip to, or None for no clipping."
         )
     search = mgs(

@@ -330,13 +330,14 @@ def _check_settings(
             f"num_candidates={num_candidates} gives {num_zero_mean} zero-mean and {num_guided} "
             "guided candidates. Choose num_candidates and mix so that both counts are even."
         )
-    memory_budget = _checks.static_int(memory_budget, "memory_budget", minimum=1)
     if chunk_size is None:
         chunk = num_candidates
     elif isinstance(chunk_size, str):
         if chunk_size != "auto":
             raise ValueError(f'chunk_size must be an integer, None or "auto", got {chunk_size!r}.')
         chunk = None
+        # Read only with chunk_size="auto": optax.inject_hyperparams traces numeric defaults.
+        memory_budget = _checks.static_int(memory_budget, "memory_budget", minimum=1)
     else:
         chunk = _checks.static_int(chunk_size, "chunk_size")
         if chunk < 1:

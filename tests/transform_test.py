@@ -738,7 +738,7 @@ def test_auto_chunk_size_bounds_temporary_memory_like_an_explicit_chunk():
         (dict(mix=1.5), "mix"),
         (dict(chunk_size="big"), "chunk_size"),
         (dict(chunk_size="auto", memory_budget=0), "memory_budget"),
-        (dict(memory_budget=2.5), "memory_budget"),
+        (dict(chunk_size="auto", memory_budget=2.5), "memory_budget"),
         (dict(mix=-0.1), "mix"),
         (dict(weighting="softmax"), "weighting"),
         (dict(noise="uniform"), "noise"),
