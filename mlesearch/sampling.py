@@ -124,6 +124,37 @@ def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree) -> Any:
     return jax.tree.unflatten(treedef, parts)
 
 
+def _leaf_terms(
+    d: jax.Array, u: jax.Array, scale: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A leaf's squared standardised distances to the two means, and its log normaliser.
+
+    A leaf whose scale is zero takes no part in the density: all three terms are 0.
+    """
+    d = d.astype(jnp.float32)
+    u = u.astype(jnp.float32)
+    active = scale > 0
+    safe_scale = jnp.where(active, scale, 1.0)
+    sq_zero = jnp.where(active, jnp.sum(jnp.square(d / safe_scale)), 0.0)
+    sq_guided = jnp.where(active, jnp.sum(jnp.square((d - u) / safe_scale)), 0.0)
+    return sq_zero, sq_guided, _log_normalizer(d.size, scale)
+
+
+def _log_normalizer(size: int, scale: jax.Array) -> jax.Array:
+    """log of N(·; m, σ²I)'s constant for a leaf of ``size`` entries; 0 where σ = 0."""
+    active = scale > 0
+    safe_scale = jnp.where(active, scale, 1.0)
+    return jnp.where(active, -0.5 * size * (_LOG_2PI + 2.0 * jnp.log(safe_scale)), 0.0)
+
+
+def _log_mixture(share: chex.Numeric, sq_zero: jax.Array, sq_guided: jax.Array) -> jax.Array:
+    """log(λ e^{-sq_zero/2} + (1-λ) e^{-sq_guided/2}), computed as a log-sum-exp."""
+    share = jnp.asarray(share, jnp.float32)
+    return jax.nn.logsumexp(
+        jnp.stack([jnp.log(share) - 0.5 * sq_zero, jnp.log1p(-share) - 0.5 * sq_guided])
+    )
+
+
 def _candidate_noise(
     key: jax.Array, index: chex.Numeric, guide: chex.ArrayTree, antithetic: bool
 ) -> tuple[Any, jax.Array]:
@@ -268,27 +299,24 @@ def sample_candidate_and_log_q(
     for u, scale, eps, param in leaves:
         u = u.astype(jnp.float32)
         delta = _perturb(u, scale, eps, sign, is_guided)
-        active = scale > 0
-        safe_scale = jnp.where(active, scale, 1.0)
-        log_norm += jnp.where(active, -0.5 * eps.size * (_LOG_2PI + 2.0 * jnp.log(safe_scale)), 0.0)
         if jnp.finfo(param.dtype).bits >= 32:
-            v = u / safe_scale
+            active = scale > 0
+            v = u / jnp.where(active, scale, 1.0)
             noise_sq += jnp.where(active, jnp.sum(jnp.square(eps)), 0.0)
             cross += jnp.where(active, sign * jnp.sum(eps * v), 0.0)
             guide_sq += jnp.where(active, jnp.sum(jnp.square(v)), 0.0)
+            log_norm += _log_normalizer(eps.size, scale)
         else:
             delta = effective_perturbation(param, delta)
-            rounded_zero += jnp.where(active, jnp.sum(jnp.square(delta / safe_scale)), 0.0)
-            rounded_guided += jnp.where(active, jnp.sum(jnp.square((delta - u) / safe_scale)), 0.0)
+            sq_zero, sq_guided, leaf_log_norm = _leaf_terms(delta, u, scale)
+            rounded_zero += sq_zero
+            rounded_guided += sq_guided
+            log_norm += leaf_log_norm
         deltas.append(delta)
     # Squared distances less the shared ‖ε‖² of the float32 leaves.
     extra_zero = rounded_zero + jnp.where(is_guided, guide_sq + 2.0 * cross, 0.0)
     extra_guided = rounded_guided + jnp.where(is_guided, 0.0, guide_sq - 2.0 * cross)
-    share = jnp.asarray(zero_mean_share, jnp.float32)
-    log_components = jnp.stack(
-        [jnp.log(share) - 0.5 * extra_zero, jnp.log1p(-share) - 0.5 * extra_guided]
-    )
-    log_q = log_norm - 0.5 * noise_sq + jax.nn.logsumexp(log_components)
+    log_q = log_norm - 0.5 * noise_sq + _log_mixture(zero_mean_share, extra_zero, extra_guided)
     return jax.tree.unflatten(jax.tree.structure(guide), deltas), log_q
 
 
@@ -357,31 +385,16 @@ def log_proposal_density(
       [1] Welleck & Cho 2020, arXiv 2006.03158, eq. for the MGS proposal.
       [3] Veach & Guibas 1995.
     """
-
-    def leaf_terms(d: jax.Array, u: jax.Array, scale: jax.Array) -> jax.Array:
-        d = d.astype(jnp.float32)
-        u = u.astype(jnp.float32)
-        active = scale > 0
-        safe_scale = jnp.where(active, scale, 1.0)
-        sq_zero = jnp.where(active, jnp.sum(jnp.square(d / safe_scale)), 0.0)
-        sq_guided = jnp.where(active, jnp.sum(jnp.square((d - u) / safe_scale)), 0.0)
-        log_norm = jnp.where(active, -0.5 * d.size * (_LOG_2PI + 2.0 * jnp.log(safe_scale)), 0.0)
-        return sq_zero, sq_guided, log_norm
-
     # Summed term by term rather than stacked: under vmap the squared distances vary with the
     # candidate while the normalising constant does not (and their shardings may differ).
     leaves = zip(
         jax.tree.leaves(delta), jax.tree.leaves(guide), jax.tree.leaves(scales), strict=True
     )
-    terms = [leaf_terms(d, u, scale) for d, u, scale in leaves]
+    terms = [_leaf_terms(d, u, scale) for d, u, scale in leaves]
     sq_zero, sq_guided, log_norm = (
         sum(parts, jnp.float32(0.0)) for parts in zip(*terms, strict=True)
     )
-    share = jnp.asarray(zero_mean_share, jnp.float32)
-    log_components = jnp.stack(
-        [jnp.log(share) - 0.5 * sq_zero, jnp.log1p(-share) - 0.5 * sq_guided]
-    )
-    return log_norm + jax.nn.logsumexp(log_components)
+    return log_norm + _log_mixture(zero_mean_share, sq_zero, sq_guided)
 
 
 def _log_weight_terms(
