@@ -4,6 +4,7 @@ Usage:
   python benchmarks/memory.py                 # d = 1e6 and 1e7, n = 16 and 64 (a few minutes)
   python benchmarks/memory.py --d 1e5 --n 64  # one size
   python benchmarks/memory.py --large-step    # one d = 1e7, n = 16, chunk_size = 8 step to the end
+  python benchmarks/memory.py --antithetic    # the same with antithetic pairs (one draw per pair)
   python benchmarks/memory.py --smoke         # seconds: checks that everything runs
 
 For each setting it reports XLA's ``compiled.memory_analysis()`` temporary bytes (deterministic)
@@ -40,7 +41,11 @@ import mlesearch as mls
 
 
 def measure(
-    dim: int, num_candidates: int, chunk_size: int | None, run: bool = True
+    dim: int,
+    num_candidates: int,
+    chunk_size: int | None,
+    run: bool = True,
+    antithetic: bool = False,
 ) -> dict[str, Any]:
     """Compiles one MGS step in this process and, with ``run``, runs it.
 
@@ -51,7 +56,9 @@ def measure(
     import resource
 
     params = jnp.zeros((dim,), jnp.float32)
-    tx = mls.mgs(num_candidates=num_candidates, sigma=0.1, chunk_size=chunk_size)
+    tx = mls.mgs(
+        num_candidates=num_candidates, sigma=0.1, chunk_size=chunk_size, antithetic=antithetic
+    )
     state = tx.init(params)
 
     def loss(p):
@@ -108,6 +115,7 @@ def measure_in_subprocess(
     chunk_size: int | None,
     run: bool = True,
     timeout: float | None = None,
+    antithetic: bool = False,
 ) -> dict[str, Any]:
     """`measure` in a fresh Python process, so that its peak RSS is this setting's alone.
 
@@ -118,7 +126,10 @@ def measure_in_subprocess(
     start = time.perf_counter()
     try:
         result = run_in_subprocess(
-            "memory", "measure", [dim, num_candidates, chunk_size, run], timeout=timeout
+            "memory",
+            "measure",
+            [dim, num_candidates, chunk_size, run, antithetic],
+            timeout=timeout,
         )
         result["finished"] = True
     except subprocess.TimeoutExpired:
@@ -162,6 +173,9 @@ def main() -> None:
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds before a setting's process is killed"
     )
+    parser.add_argument(
+        "--antithetic", action="store_true", help="antithetic pairs (mgs(antithetic=True))"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check that it runs")
     args = parser.parse_args()
     # (d, n, chunk_size, run) per setting.
@@ -187,8 +201,10 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for dim, n, chunk_size, run in settings:
-        result = measure_in_subprocess(dim, n, chunk_size, run, args.timeout)
-        rows.append(dict(d=dim, n=n, chunk_size=chunk_size, run=run, **result))
+        result = measure_in_subprocess(dim, n, chunk_size, run, args.timeout, args.antithetic)
+        rows.append(
+            dict(d=dim, n=n, chunk_size=chunk_size, run=run, antithetic=args.antithetic, **result)
+        )
         temp = result["temp_bytes"]
         copies = "-" if temp is None else f"{temp / (4 * dim):.1f}"
         step = _seconds(result["step_seconds"]) if result["finished"] else "timeout"

@@ -17,18 +17,20 @@ Each cell compiles and warms up, in one process, the jitted steps
       loop would;
   (d) evosax OpenES and GuidedES with population n: ask, ``jax.vmap`` of the same loss, tell, in
       one jitted step (GuidedES also takes the surrogate gradient);
+  (a') mgs_antithetic: (a) with ``antithetic=True``, so that n / 2 noise vectors are drawn, as
+      evosax's GuidedES and OpenES draw them (they always sample antithetic pairs);
   (e) with_mgs: a step of ``mlesearch.with_mgs(optax.adam(lr), probe_scale=0.1, num_candidates=n)``,
       the paper's placement, against its own limit (b'), which is (b) with the weighted direction
       handed to Adam as a pseudo-gradient;
 
 and then runs ``--repeats`` repetitions in which every step runs once, in an order shuffled with
-a fixed seed (each call waited for with ``block_until_ready``). Each ratio a/b, a/c, a/d and e/b'
-(``with_mgs/b`` in the JSON) is the median over the repetitions of the paired, per-repetition
-ratio, reported with its interquartile range and the 1-minute load average at the start and the
-end of the cell: under load only such paired ratios carry over. It prints them per cell and writes
-them, with the per-repetition times, as JSON. Workloads: an MLP classifier with 0/1 error as the
-task loss (d set by its hidden width), and the transformer language model of ``mlesearch.models``
-with token error rate as the task loss.
+a fixed seed (each call waited for with ``block_until_ready``). Each ratio a/b, a/c, a/d, a'/b,
+a'/d (``a_anti/...`` in the JSON) and e/b' (``with_mgs/b``) is the median over the repetitions of
+the paired, per-repetition ratio, reported with its interquartile range and the 1-minute load
+average at the start and the end of the cell: under load only such paired ratios carry over. It
+prints them per cell and writes them, with the per-repetition times, as JSON. Workloads: an MLP
+classifier with 0/1 error as the task loss (d set by its hidden width), and the transformer
+language model of ``mlesearch.models`` with token error rate as the task loss.
 """
 
 from __future__ import annotations
@@ -203,6 +205,9 @@ def implementations(
 
     out = {
         "mgs": mgs_step_for(optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0))),
+        "mgs_antithetic": mgs_step_for(
+            optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0, antithetic=True))
+        ),
         "limit": lambda: limit_step(params, sgd_state, jax.random.key(1), data),
         "sequential": sequential,
     }
@@ -220,6 +225,8 @@ RATIOS = (
     ("a/c", "mgs", "sequential"),
     ("a/d_open_es", "mgs", "open_es"),
     ("a/d_guided_es", "mgs", "guided_es"),
+    ("a_anti/b", "mgs_antithetic", "limit"),
+    ("a_anti/d_guided_es", "mgs_antithetic", "guided_es"),
     ("with_mgs/b", "with_mgs", "limit_adam"),
 )
 
@@ -285,7 +292,7 @@ def run(args: argparse.Namespace, out: str | None = None) -> dict[str, Any]:
         workloads.append((f"mlp d={int(d):.0e}", lambda d=d: mlp_workload(int(d))))
     for size in args.lm:
         workloads.append((f"lm {size}", lambda size=size: lm_workload(size)))
-    columns = "".join(f"{key:>18}" for key, _, _ in RATIOS)
+    columns = "".join(f" {key:>18}" for key, _, _ in RATIOS)
     header = f"{'workload':<14}{'d':>10}{'n':>4}{'mgs ms':>9}{columns}{'load':>11}"
     print(f"median of {args.repeats} paired ratios per cell (interquartile range)")
     print(header)
@@ -300,7 +307,7 @@ def run(args: argparse.Namespace, out: str | None = None) -> dict[str, Any]:
             if out:
                 _write(out, _results(args, cells))
             ratios = "".join(
-                f"{r['median']:>6.2f} ({r['q1']:.2f}-{r['q3']:.2f})"
+                f" {r['median']:>6.2f} ({r['q1']:.2f}-{r['q3']:.2f})"
                 for r in cell["ratios"].values()
             )
             load = cell["load"]
@@ -406,7 +413,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check that it runs")
     args = parser.parse_args()
     if args.smoke:  # LM rows only when named, e.g. --smoke --lm tiny
-        args.n, args.d, args.lm, args.repeats = [2], [1e3], args.lm or [], 3
+        args.n, args.d, args.lm, args.repeats = [4], [1e3], args.lm or [], 3
     elif args.lm is None:
         args.lm = ["small"]
     out = args.out or os.path.join(

@@ -194,6 +194,7 @@ def _sum_over_candidates(
     like: Any,
     chunk_size: int,
     sharding: jax.sharding.NamedSharding | None = None,
+    group: int = 1,
 ) -> Any:
     """Computes Σᵢ wᵢ draw(i) over candidates, with at most ``chunk_size`` of them live at once.
 
@@ -201,15 +202,22 @@ def _sum_over_candidates(
     (`_weighted_sum`): a reduce over a broadcast [chunk, d] product inside the loop body runs
     single-threaded on XLA:CPU and made chunked steps several times slower. With ``sharding``,
     each chunk's candidates are split over its devices. ``like`` (the guide) gives the float32
-    zeros that the sum starts from and, over an Explicit mesh, the sharding of each leaf.
+    zeros that the sum starts from and, over an Explicit mesh, the sharding of each leaf. With
+    ``group`` > 1 (a divisor of n and of ``chunk_size``), ``draw(j)`` returns candidates
+    ``group·j .. group·j + group - 1`` stacked on a leading axis (antithetic pairs: 2).
     """
-    num_candidates = weights.shape[0]
+    num_candidates = weights.shape[0] // group
+    chunk_size = chunk_size // group
     indices = jnp.arange(num_candidates, dtype=jnp.int32)
+    weights = weights.reshape(num_candidates, group) if group > 1 else weights
 
     def chunk_sum(chunk_indices: jax.Array, chunk_weights: jax.Array) -> Any:
         chunk_indices = _constrain(chunk_indices, sharding)
         chunk_weights = _constrain(chunk_weights, sharding)
         deltas = _constrain(jax.vmap(draw)(chunk_indices), sharding)
+        if group > 1:
+            deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), deltas)
+            chunk_weights = chunk_weights.reshape(-1)
         return _weighted_sum(chunk_weights, deltas, like, sharding)
 
     num_full = num_candidates // chunk_size
@@ -225,7 +233,7 @@ def _sum_over_candidates(
             total,
             (
                 indices[:split].reshape(num_full, chunk_size),
-                weights[:split].reshape(num_full, chunk_size),
+                weights[:split].reshape(num_full, chunk_size, *weights.shape[1:]),
             ),
         )
     if num_full * chunk_size < num_candidates:
@@ -405,6 +413,7 @@ def _candidate_losses(
     num_candidates: int,
     chunk: int,
     sharding: jax.sharding.NamedSharding | None,
+    draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
 ) -> tuple[jax.Array, jax.Array, Any]:
     """Every candidate's task loss and log q, chunked and placed on the mesh as asked.
 
@@ -414,6 +423,10 @@ def _candidate_losses(
       num_candidates: n.
       chunk: candidates evaluated at once; ``n`` for all at once.
       sharding: the candidate axis's sharding, or None.
+      draw_pair: with antithetic candidates, ``j -> (Δ_2j and Δ_2j+1 stacked, their log q)``
+        from one noise draw, or None. When given, candidates are drawn by pairs (n / 2 noise
+        draws), ``chunk / 2`` pairs at a time; the caller passes it only without a mesh and with
+        an even chunk.
 
     Returns:
       ``(losses, log_q, deltas)``: losses and log q of shape ``(n,)``; ``deltas``, the stacked
@@ -424,6 +437,12 @@ def _candidate_losses(
     if chunk >= num_candidates:
         # All at once: draw them once, keep them for the weighted sum, and stay out of loops
         # (XLA runs loop bodies with less parallelism than top-level code).
+        if draw_pair is not None:
+            # Antithetic pairs share their noise: n / 2 draws instead of n.
+            pairs, log_q = jax.vmap(draw_pair)(jnp.arange(num_candidates // 2, dtype=jnp.int32))
+            deltas = jax.tree.map(lambda x: x.reshape((num_candidates, *x.shape[2:])), pairs)
+            losses = jax.vmap(loss_at)(indices, deltas)
+            return losses, log_q.reshape(num_candidates), deltas
         placed = _constrain(indices, sharding)
         deltas, log_q = _constrain(jax.vmap(draw)(placed), sharding)
         losses = _constrain(jax.vmap(loss_at)(placed, deltas), sharding)
@@ -432,6 +451,17 @@ def _candidate_losses(
     def evaluate(index: jax.Array) -> tuple[jax.Array, jax.Array]:
         delta, log_q = draw(index)
         return loss_at(index, delta), log_q
+
+    if draw_pair is not None:
+
+        def evaluate_pair(pair: jax.Array) -> tuple[jax.Array, jax.Array]:
+            deltas, log_q = draw_pair(pair)
+            losses = jax.vmap(loss_at)(2 * pair + jnp.arange(2, dtype=jnp.int32), deltas)
+            return losses, log_q
+
+        pairs = jnp.arange(num_candidates // 2, dtype=jnp.int32)
+        losses, log_q = jax.lax.map(evaluate_pair, pairs, batch_size=chunk // 2)
+        return losses.reshape(num_candidates), log_q.reshape(num_candidates), None
 
     if sharding is None:
         losses, log_q = jax.lax.map(evaluate, indices, batch_size=chunk)
@@ -447,10 +477,13 @@ def _weighted_mean(
     like: Any,
     chunk: int,
     sharding: jax.sharding.NamedSharding | None,
+    draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
 ) -> Any:
     """Σᵢ wᵢ Δᵢ in float32: from the kept ``deltas``, or drawn again chunk by chunk if None."""
     if deltas is not None:
         return _weighted_sum(weights, deltas, like, sharding)
+    if draw_pair is not None:
+        return _sum_over_candidates(lambda j: draw_pair(j)[0], weights, like, chunk, group=2)
     return _sum_over_candidates(lambda i: draw(i)[0], weights, like, chunk, sharding)
 
 
@@ -483,6 +516,11 @@ def _step(
             step_key, index, guide, scales, num_zero_mean, share, settings.antithetic, params
         )
 
+    def draw_pair(pair: jax.Array) -> tuple[Any, jax.Array]:
+        return sampling.sample_antithetic_pair_and_log_q(
+            step_key, pair, guide, scales, num_zero_mean, share, params
+        )
+
     def loss_at(index: jax.Array, delta: Any) -> jax.Array:
         candidate = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, delta)
         loss = jnp.asarray(loss_fn(candidate), jnp.float32)
@@ -491,8 +529,11 @@ def _step(
     chunk = settings.chunk
     if chunk is None:
         chunk = auto_chunk_size(settings.num_candidates, params, settings.memory_budget)
+    # Antithetic pairs are drawn together (one noise draw for two candidates) where no mesh
+    # splits them and every chunk holds whole pairs.
+    by_pairs = settings.antithetic and sharding is None and chunk % 2 == 0
     losses, log_q, deltas = _candidate_losses(
-        draw, loss_at, settings.num_candidates, chunk, sharding
+        draw, loss_at, settings.num_candidates, chunk, sharding, draw_pair if by_pairs else None
     )
     log_q = log_q if settings.weighting == "importance" else None
     if isinstance(settings.temperature, str):
@@ -507,7 +548,9 @@ def _step(
     else:
         alpha = jnp.asarray(settings.temperature, jnp.float32)
     weights = sampling.candidate_weights(losses, log_q, alpha, settings.weighting)
-    mean_delta = _weighted_mean(weights, deltas, draw, guide, chunk, sharding)
+    mean_delta = _weighted_mean(
+        weights, deltas, draw, guide, chunk, sharding, draw_pair if by_pairs else None
+    )
     info = MGSInfo(
         candidate_losses=losses,
         weights=weights,
@@ -590,7 +633,8 @@ def mgs(
         the task loss adds to the noise).
       noise: ``"absolute"`` (σ on every leaf) or ``"relative"`` (σ · mean|u| per leaf, as in [1]).
       antithetic: draw candidates in antithetic pairs (m + σε, m - σε). Each component needs an
-        even count.
+        even count. A pair shares one noise draw, so a step draws n / 2 noise vectors, except
+        with ``mesh`` or an odd chunk size, where each candidate draws its own copy.
       chunk_size: evaluate this many candidates at a time (bounds memory); None evaluates all n
         with one vmap; ``"auto"`` picks one from ``memory_budget`` and the size of params. Static.
       key: an int seed, a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.

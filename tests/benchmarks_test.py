@@ -51,13 +51,22 @@ def test_speed_smoke_run_writes_paired_ratios(run_benchmark, tmp_path):
     results = json.loads(out.read_text())
     assert png.stat().st_size > 0
     assert [c["workload"] for c in results["cells"]] == ["mlp d=1e+03", "lm tiny"]
-    steps = {"mgs", "limit", "sequential", "open_es", "guided_es", "with_mgs", "limit_adam"}
+    steps = {"mgs", "mgs_antithetic", "limit", "sequential", "open_es", "guided_es", "with_mgs"}
+    steps.add("limit_adam")
     for cell in results["cells"]:
         assert set(cell["seconds"]) == steps
         assert {name: len(t) for name, t in cell["samples"].items()} == dict.fromkeys(
             steps, results["repeats"]
         )
-        assert set(cell["ratios"]) == {"a/b", "a/c", "a/d_open_es", "a/d_guided_es", "with_mgs/b"}
+        assert set(cell["ratios"]) == {
+            "a/b",
+            "a/c",
+            "a/d_open_es",
+            "a/d_guided_es",
+            "a_anti/b",
+            "a_anti/d_guided_es",
+            "with_mgs/b",
+        }
         for ratio in cell["ratios"].values():
             assert 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
         assert set(cell["load"]) == {"start", "end"}

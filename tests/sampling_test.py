@@ -324,6 +324,26 @@ def test_log_q_from_the_drawing_pass_matches_the_density_of_the_candidate(share,
         assert np.isfinite(log_q)
 
 
+@pytest.mark.parametrize("num_zero_mean", [0, 2, 4])
+def test_an_antithetic_pair_drawn_together_equals_its_two_candidates(num_zero_mean):
+    key = jax.random.key(5)
+    guide = {"a": jnp.linspace(-2.0, 2.0, 50), "b": jnp.full((4, 3), 0.3)}
+    params = {"a": jnp.linspace(1.0, 3.0, 50), "b": jnp.ones((4, 3), jnp.bfloat16)}
+    scales = mls.proposal_scales(guide, 0.5, "relative")
+    pair = jax.jit(mls.sampling.sample_antithetic_pair_and_log_q, static_argnums=(4,))
+    one = jax.jit(mls.sampling.sample_candidate_and_log_q, static_argnums=(4, 6))
+    for j in range(2):
+        deltas, log_q = pair(key, j, guide, scales, num_zero_mean, 0.5, params)
+        assert log_q.shape == (2,)
+        for k in range(2):
+            delta, expected = one(key, 2 * j + k, guide, scales, num_zero_mean, 0.5, True, params)
+            chex.assert_trees_all_close(jax.tree.map(lambda x, k=k: x[k], deltas), delta)
+            np.testing.assert_allclose(log_q[k], expected, rtol=1e-6)
+        # The second candidate mirrors the first about their component's mean.
+        mean = guide["a"] if 2 * j >= num_zero_mean else 0.0
+        np.testing.assert_allclose(deltas["a"][0] + deltas["a"][1], 2 * mean, rtol=1e-5, atol=1e-6)
+
+
 def test_log_q_from_the_drawing_pass_keeps_the_component_difference_in_high_dimension():
     # At d = 10⁶ the shared ‖ε‖² (about 10⁶) leaves the log-sum-exp, so the gap between the two
     # components' log densities, which sets the importance weights, is not lost to rounding.

@@ -401,8 +401,9 @@ def test_params_without_leaves_or_with_integer_leaves_are_rejected():
         tx.update(params, tx.init(params), params, task_loss_fn=lambda p: jnp.sum(p["w"]))
 
 
-@pytest.mark.parametrize("chunk_size", [None, 2])
+@pytest.mark.parametrize("chunk_size", [None, 2, 4, 3])
 def test_antithetic_relative_importance_step_on_a_multi_leaf_tree(chunk_size):
+    # Pairs are drawn together unchunked and with even chunks, one candidate at a time with odd.
     # The whole step, recomputed from the pure functions: draw, log q, weights, weighted sum.
     params = {"w": jnp.ones((2, 3)), "b": jnp.array([0.5, -0.5])}
     guide = {"w": jnp.full((2, 3), -0.2), "b": jnp.array([0.4, 0.1])}
@@ -433,6 +434,36 @@ def test_antithetic_relative_importance_step_on_a_multi_leaf_tree(chunk_size):
     np.testing.assert_allclose(state.info.weights, weights, rtol=1e-5, atol=1e-7)
     expected = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
     chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)
+
+
+def _random_bits_drawn(jaxpr) -> int:
+    """Entries of every random_bits in a jaxpr and its sub-jaxprs (loop bodies counted once)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "random_bits":
+            total += sum(int(np.prod(v.aval.shape)) for v in eqn.outvars)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    total += _random_bits_drawn(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    total += _random_bits_drawn(sub)
+    return total
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_antithetic_pairs_draw_their_noise_once(chunk_size):
+    params = {"w": jnp.ones((3, 5)), "b": jnp.zeros(5)}
+
+    def bits(antithetic):
+        tx = mls.mgs(num_candidates=8, antithetic=antithetic, chunk_size=chunk_size)
+        jaxpr = jax.make_jaxpr(
+            lambda g, s: tx.update(g, s, params, task_loss_fn=lambda p: jnp.sum(p["w"]))
+        )(params, tx.init(params))
+        return _random_bits_drawn(jaxpr.jaxpr)
+
+    assert bits(False) > 0
+    assert bits(True) * 2 == bits(False)
 
 
 def test_antithetic_candidates_are_mirrored():
