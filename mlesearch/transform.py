@@ -532,8 +532,9 @@ def _step(
     # Antithetic pairs are drawn together (one noise draw for two candidates) where no mesh
     # splits them and every chunk holds whole pairs.
     by_pairs = settings.antithetic and sharding is None and chunk % 2 == 0
+    pairs = draw_pair if by_pairs else None
     losses, log_q, deltas = _candidate_losses(
-        draw, loss_at, settings.num_candidates, chunk, sharding, draw_pair if by_pairs else None
+        draw, loss_at, settings.num_candidates, chunk, sharding, pairs
     )
     log_q = log_q if settings.weighting == "importance" else None
     if isinstance(settings.temperature, str):
@@ -548,9 +549,7 @@ def _step(
     else:
         alpha = jnp.asarray(settings.temperature, jnp.float32)
     weights = sampling.candidate_weights(losses, log_q, alpha, settings.weighting)
-    mean_delta = _weighted_mean(
-        weights, deltas, draw, guide, chunk, sharding, draw_pair if by_pairs else None
-    )
+    mean_delta = _weighted_mean(weights, deltas, draw, guide, chunk, sharding, pairs)
     info = MGSInfo(
         candidate_losses=losses,
         weights=weights,
