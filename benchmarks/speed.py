@@ -28,7 +28,9 @@ a fixed seed (each call waited for with ``block_until_ready``). Each ratio a/b, 
 a'/d (``a_anti/...`` in the JSON) and e/b' (``with_mgs/b``) is the median over the repetitions of
 the paired, per-repetition ratio, reported with its interquartile range and the 1-minute load
 average at the start and the end of the cell: under load only such paired ratios carry over. It
-prints them per cell and writes them, with the per-repetition times, as JSON. Workloads: an MLP
+prints them per cell, with each step's temporary memory in float32 copies of the parameters
+(XLA's ``memory_analysis().temp_size_in_bytes`` of the compiled step, not timed; ``temp_bytes``
+in the JSON), and writes them, with the per-repetition times, as JSON. Workloads: an MLP
 classifier with 0/1 error as the task loss (d set by its hidden width), and the transformer
 language model of ``mlesearch.models`` with token error rate as the task loss.
 """
@@ -157,10 +159,21 @@ def _limit_step(
     return jax.jit(step)
 
 
+def _temp_bytes(jitted: Any, *args: Any) -> Callable[[], int]:
+    """A getter of the temporary bytes that XLA allocates for one call of ``jitted(*args)``."""
+    return lambda: int(jitted.lower(*args).compile().memory_analysis().temp_size_in_bytes)
+
+
 def implementations(
     workload: Workload, n: int, lr: float = 1e-3, probe_scale: float = 0.1
-) -> dict[str, Callable[[], Any]]:
-    """The timed callables (a)-(e) and the two limits for one workload and population size n."""
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[], int]]]:
+    """The timed callables (a)-(e) and the two limits for one workload and population size n.
+
+    Returns:
+      ``(steps, temporaries)``: the callables by name, and for each step that is one compiled
+      program (all but ``sequential``), a getter of its temporary bytes
+      (``compiled.memory_analysis().temp_size_in_bytes``; it compiles the step again).
+    """
     params, surrogate, task_loss, data = workload
     grad_fn = jax.grad(surrogate)
     sigma = 1e-2
@@ -169,7 +182,9 @@ def implementations(
     def routed(p, data):
         return task_loss(p, *data)
 
-    def mgs_step_for(tx):
+    temporaries = {}
+
+    def mgs_step_for(name, tx):
         @jax.jit
         def step(p, state, data):
             g = grad_fn(p, *data)
@@ -177,6 +192,7 @@ def implementations(
             return optax.apply_updates(p, u), state
 
         state = tx.init(params)
+        temporaries[name] = _temp_bytes(step, params, state, data)
         return lambda: step(params, state, data)
 
     sgd, adam = optax.sgd(lr), optax.adam(lr)
@@ -204,19 +220,24 @@ def implementations(
         return g, jnp.stack(losses)
 
     out = {
-        "mgs": mgs_step_for(optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0))),
+        "mgs": mgs_step_for("mgs", optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0))),
         "mgs_antithetic": mgs_step_for(
-            optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0, antithetic=True))
+            "mgs_antithetic",
+            optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0, antithetic=True)),
         ),
         "limit": lambda: limit_step(params, sgd_state, jax.random.key(1), data),
         "sequential": sequential,
     }
-    out.update(_evosax_steps(params, grad_fn, task_loss, data, n, sigma, lr))
+    temporaries["limit"] = _temp_bytes(limit_step, params, sgd_state, jax.random.key(1), data)
+    out.update(_evosax_steps(params, grad_fn, task_loss, data, n, sigma, lr, temporaries))
     out["with_mgs"] = mgs_step_for(
-        mls.with_mgs(adam, probe_scale=probe_scale, num_candidates=n, key=0)
+        "with_mgs", mls.with_mgs(adam, probe_scale=probe_scale, num_candidates=n, key=0)
     )
     out["limit_adam"] = lambda: limit_adam_step(params, adam_state, jax.random.key(1), data)
-    return out
+    temporaries["limit_adam"] = _temp_bytes(
+        limit_adam_step, params, adam_state, jax.random.key(1), data
+    )
+    return out, temporaries
 
 
 # Each reported ratio: (name in the JSON, numerator, denominator).
@@ -231,7 +252,9 @@ RATIOS = (
 )
 
 
-def _evosax_steps(params, grad_fn, task_loss, data, n, sigma, lr) -> dict[str, Callable[[], Any]]:
+def _evosax_steps(
+    params, grad_fn, task_loss, data, n, sigma, lr, temporaries
+) -> dict[str, Callable[[], Any]]:
     import evosax.algorithms
 
     steps = {}
@@ -262,11 +285,21 @@ def _evosax_steps(params, grad_fn, task_loss, data, n, sigma, lr) -> dict[str, C
             return state
 
         steps[name] = lambda step=step, state=state: step(state, jax.random.key(2), data)
+        temporaries[name] = _temp_bytes(step, state, jax.random.key(2), data)
     return steps
 
 
-def time_cell(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Any]:
-    """Compiles and warms up every step, then times them interleaved; the cell's JSON fields."""
+def time_cell(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int,
+    temporaries: dict[str, Callable[[], int]] | None = None,
+) -> dict[str, Any]:
+    """Compiles and warms up every step, then times them interleaved; the cell's JSON fields.
+
+    With ``temporaries`` (getters by step name), the cell also records each step's temporary
+    bytes, read before the timing.
+    """
+    temp_bytes = {name: get() for name, get in (temporaries or {}).items()}
     for fn in fns.values():
         warm_up(fn)
     load_start = load_average()
@@ -280,6 +313,7 @@ def time_cell(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Any]
         seconds={name: statistics.median(times) for name, times in samples.items()},
         samples=samples,
         ratios=ratios,
+        temp_bytes=temp_bytes,
         load=dict(start=load_start, end=load_end),
     )
 
@@ -302,7 +336,8 @@ def run(args: argparse.Namespace, out: str | None = None) -> dict[str, Any]:
         num_params = sum(x.size for x in jax.tree.leaves(workload[0]))
         for n in args.n:
             cell = dict(workload=label, d=int(num_params), n=n)
-            cell.update(time_cell(implementations(workload, n), args.repeats))
+            steps, temporaries = implementations(workload, n)
+            cell.update(time_cell(steps, args.repeats, temporaries))
             cells.append(cell)
             if out:
                 _write(out, _results(args, cells))
@@ -316,6 +351,10 @@ def run(args: argparse.Namespace, out: str | None = None) -> dict[str, Any]:
                 f"{load['start']:>6.2f}-{load['end']:.2f}",
                 flush=True,
             )
+            copies = "  ".join(
+                f"{name} {b / (4 * num_params):.0f}" for name, b in cell["temp_bytes"].items()
+            )
+            print(f"{'':<14}temporaries, float32 parameter copies: {copies}", flush=True)
     return _results(args, cells)
 
 

@@ -188,6 +188,56 @@ def _map_over_candidates(
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
 
 
+# On CPU, large noise vectors drawn at once (n, n / 2 pairs, or a chunk's) are drawn one after
+# another (`jax.lax.map`) rather than with one vmap over their keys, which XLA:CPU ran several
+# times slower per entry at these sizes: with at least this many parameters, and this many
+# entries in all. The candidates are the same, bit for bit. In `benchmarks/speed.py`'s MLP step
+# at d = 10⁶ the loop took 0.66-0.70 of the vmap's time (n = 4 to 32). Below, the two traded
+# places with the allocator's settings (d = 10⁵ and the LM, n = 16 and 32: 0.72 to 1.28), and at
+# d = 2 · 10⁵, n = 4 and d = 10⁴, n = 16 and 32, the loop was 1.2-1.7 times slower.
+_SEQUENTIAL_DRAW_MIN_SIZE = 2**18
+_SEQUENTIAL_DRAW_MIN_ENTRIES = 2**21
+
+
+def _draws_one_by_one(
+    params: Any, sharding: jax.sharding.NamedSharding | None, draws_at_once: int
+) -> bool:
+    """Whether ``draws_at_once`` noise vectors shaped like ``params`` are drawn in a loop."""
+    size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    return (
+        sharding is None
+        and draws_at_once > 1
+        and jax.default_backend() == "cpu"
+        and size >= _SEQUENTIAL_DRAW_MIN_SIZE
+        and size * draws_at_once >= _SEQUENTIAL_DRAW_MIN_ENTRIES
+    )
+
+
+def _draw_chunk(draw: Callable[[jax.Array], Any], indices: jax.Array, one_by_one: bool) -> Any:
+    """``draw`` at each of ``indices``, stacked: with one vmap, or in a loop if ``one_by_one``."""
+    return jax.lax.map(draw, indices) if one_by_one else jax.vmap(draw)(indices)
+
+
+def _over_chunks(chunk_fn: Callable[[jax.Array], Any], indices: jax.Array, chunk: int) -> Any:
+    """``chunk_fn`` on consecutive slices of ``chunk`` indices in a loop, outputs concatenated.
+
+    ``jax.lax.map(f, indices, batch_size=chunk)`` with ``chunk_fn = jax.vmap(f)``, for a
+    ``chunk_fn`` that is not a vmap. The last slice holds the remainder when ``chunk`` does not
+    divide the number of indices. Each output leaf's leading axis may be a multiple of its
+    slice's length (candidates drawn by pairs).
+    """
+    count = indices.shape[0]
+    num_full = count // chunk
+    split = num_full * chunk
+    parts = []
+    if num_full > 0:
+        full = jax.lax.map(chunk_fn, indices[:split].reshape(num_full, chunk))
+        parts.append(jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), full))
+    if split < count:
+        parts.append(chunk_fn(indices[split:]))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
+
+
 def _sum_over_candidates(
     draw: Callable[[jax.Array], Any],
     weights: jax.Array,
@@ -195,16 +245,18 @@ def _sum_over_candidates(
     chunk_size: int,
     sharding: jax.sharding.NamedSharding | None = None,
     group: int = 1,
+    one_by_one: bool = False,
 ) -> Any:
     """Computes Σᵢ wᵢ draw(i) over candidates, with at most ``chunk_size`` of them live at once.
 
-    Each chunk's candidates are drawn with one vmap and summed with one dot per leaf
-    (`_weighted_sum`): a reduce over a broadcast [chunk, d] product inside the loop body runs
-    single-threaded on XLA:CPU and made chunked steps several times slower. With ``sharding``,
-    each chunk's candidates are split over its devices. ``like`` (the guide) gives the float32
-    zeros that the sum starts from and, over an Explicit mesh, the sharding of each leaf. With
-    ``group`` > 1 (a divisor of n and of ``chunk_size``), ``draw(j)`` returns candidates
-    ``group·j .. group·j + group - 1`` stacked on a leading axis (antithetic pairs: 2).
+    Each chunk's candidates are drawn with one vmap (or one by one in a loop, if
+    ``one_by_one``) and summed with one dot per leaf (`_weighted_sum`): a reduce over a
+    broadcast [chunk, d] product inside the loop body runs single-threaded on XLA:CPU and made
+    chunked steps several times slower. With ``sharding``, each chunk's candidates are split
+    over its devices. ``like`` (the guide) gives the float32 zeros that the sum starts from and,
+    over an Explicit mesh, the sharding of each leaf. With ``group`` > 1 (a divisor of n and of
+    ``chunk_size``), ``draw(j)`` returns candidates ``group·j .. group·j + group - 1`` stacked
+    on a leading axis (antithetic pairs: 2).
     """
     num_candidates = weights.shape[0] // group
     chunk_size = chunk_size // group
@@ -214,7 +266,7 @@ def _sum_over_candidates(
     def chunk_sum(chunk_indices: jax.Array, chunk_weights: jax.Array) -> Any:
         chunk_indices = _constrain(chunk_indices, sharding)
         chunk_weights = _constrain(chunk_weights, sharding)
-        deltas = _constrain(jax.vmap(draw)(chunk_indices), sharding)
+        deltas = _constrain(_draw_chunk(draw, chunk_indices, one_by_one), sharding)
         if group > 1:
             deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), deltas)
             chunk_weights = chunk_weights.reshape(-1)
@@ -251,7 +303,7 @@ def auto_chunk_size(num_candidates: int, params: Any, memory_budget: int) -> int
 
     All n when their float32 perturbations, n · d · 4 bytes for d parameters, fit in
     ``memory_budget``; else as many as fit, at least 1. The whole step needs a few times that
-    (about 4 parameter-sized float32 buffers per live candidate on CPU, see
+    (2 to 4 parameter-sized float32 buffers per live candidate on CPU, see
     ``benchmarks/memory.py``).
 
     Args:
@@ -414,6 +466,7 @@ def _candidate_losses(
     chunk: int,
     sharding: jax.sharding.NamedSharding | None,
     draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
+    one_by_one: bool = False,
 ) -> tuple[jax.Array, jax.Array, Any]:
     """Every candidate's task loss and log q, chunked and placed on the mesh as asked.
 
@@ -427,6 +480,8 @@ def _candidate_losses(
         from one noise draw, or None. When given, candidates are drawn by pairs (n / 2 noise
         draws), ``chunk / 2`` pairs at a time; the caller passes it only without a mesh and with
         an even chunk.
+      one_by_one: draw the candidates (each chunk's, when chunked) one by one in a loop, then
+        evaluate them with one vmap, instead of drawing them with one vmap.
 
     Returns:
       ``(losses, log_q, deltas)``: losses and log q of shape ``(n,)``; ``deltas``, the stacked
@@ -435,16 +490,18 @@ def _candidate_losses(
     """
     indices = jnp.arange(num_candidates, dtype=jnp.int32)
     if chunk >= num_candidates:
-        # All at once: draw them once, keep them for the weighted sum, and stay out of loops
-        # (XLA runs loop bodies with less parallelism than top-level code).
+        # All at once: draw them once, keep them for the weighted sum, and evaluate them with
+        # one vmap (XLA runs loop bodies with less parallelism than top-level code); only large
+        # draws on CPU go through a loop (`_draws_one_by_one`).
         if draw_pair is not None:
             # Antithetic pairs share their noise: n / 2 draws instead of n.
-            pairs, log_q = jax.vmap(draw_pair)(jnp.arange(num_candidates // 2, dtype=jnp.int32))
+            pair_indices = jnp.arange(num_candidates // 2, dtype=jnp.int32)
+            pairs, log_q = _draw_chunk(draw_pair, pair_indices, one_by_one)
             deltas = jax.tree.map(lambda x: x.reshape((num_candidates, *x.shape[2:])), pairs)
             losses = jax.vmap(loss_at)(indices, deltas)
             return losses, log_q.reshape(num_candidates), deltas
         placed = _constrain(indices, sharding)
-        deltas, log_q = _constrain(jax.vmap(draw)(placed), sharding)
+        deltas, log_q = _constrain(_draw_chunk(draw, placed, one_by_one), sharding)
         losses = _constrain(jax.vmap(loss_at)(placed, deltas), sharding)
         return losses, log_q, deltas
 
@@ -454,17 +511,23 @@ def _candidate_losses(
 
     if draw_pair is not None:
 
-        def evaluate_pair(pair: jax.Array) -> tuple[jax.Array, jax.Array]:
-            deltas, log_q = draw_pair(pair)
-            losses = jax.vmap(loss_at)(2 * pair + jnp.arange(2, dtype=jnp.int32), deltas)
-            return losses, log_q
+        def evaluate_pairs(pairs: jax.Array) -> tuple[jax.Array, jax.Array]:
+            deltas, log_q = _draw_chunk(draw_pair, pairs, one_by_one)
+            deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), deltas)
+            chunk_indices = (2 * pairs[:, None] + jnp.arange(2, dtype=jnp.int32)).reshape(-1)
+            return jax.vmap(loss_at)(chunk_indices, deltas), log_q.reshape(-1)
 
         pairs = jnp.arange(num_candidates // 2, dtype=jnp.int32)
-        losses, log_q = jax.lax.map(evaluate_pair, pairs, batch_size=chunk // 2)
-        return losses.reshape(num_candidates), log_q.reshape(num_candidates), None
+        losses, log_q = _over_chunks(evaluate_pairs, pairs, chunk // 2)
+        return losses, log_q, None
 
     if sharding is None:
-        losses, log_q = jax.lax.map(evaluate, indices, batch_size=chunk)
+
+        def evaluate_chunk(chunk_indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+            deltas, log_q = _draw_chunk(draw, chunk_indices, one_by_one)
+            return jax.vmap(loss_at)(chunk_indices, deltas), log_q
+
+        losses, log_q = _over_chunks(evaluate_chunk, indices, chunk)
     else:
         losses, log_q = _map_over_candidates(evaluate, indices, chunk, sharding)
     return losses, log_q, None
@@ -478,13 +541,18 @@ def _weighted_mean(
     chunk: int,
     sharding: jax.sharding.NamedSharding | None,
     draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
+    one_by_one: bool = False,
 ) -> Any:
     """Σᵢ wᵢ Δᵢ in float32: from the kept ``deltas``, or drawn again chunk by chunk if None."""
     if deltas is not None:
         return _weighted_sum(weights, deltas, like, sharding)
     if draw_pair is not None:
-        return _sum_over_candidates(lambda j: draw_pair(j)[0], weights, like, chunk, group=2)
-    return _sum_over_candidates(lambda i: draw(i)[0], weights, like, chunk, sharding)
+        return _sum_over_candidates(
+            lambda j: draw_pair(j)[0], weights, like, chunk, group=2, one_by_one=one_by_one
+        )
+    return _sum_over_candidates(
+        lambda i: draw(i)[0], weights, like, chunk, sharding, one_by_one=one_by_one
+    )
 
 
 def _step(
@@ -533,8 +601,10 @@ def _step(
     # splits them and every chunk holds whole pairs.
     by_pairs = settings.antithetic and sharding is None and chunk % 2 == 0
     pairs = draw_pair if by_pairs else None
+    draws_at_once = min(chunk, settings.num_candidates) // (2 if by_pairs else 1)
+    one_by_one = _draws_one_by_one(params, sharding, draws_at_once)
     losses, log_q, deltas = _candidate_losses(
-        draw, loss_at, settings.num_candidates, chunk, sharding, pairs
+        draw, loss_at, settings.num_candidates, chunk, sharding, pairs, one_by_one
     )
     log_q = log_q if settings.weighting == "importance" else None
     if isinstance(settings.temperature, str):
@@ -549,7 +619,7 @@ def _step(
     else:
         alpha = jnp.asarray(settings.temperature, jnp.float32)
     weights = sampling.candidate_weights(losses, log_q, alpha, settings.weighting)
-    mean_delta = _weighted_mean(weights, deltas, draw, guide, chunk, sharding, pairs)
+    mean_delta = _weighted_mean(weights, deltas, draw, guide, chunk, sharding, pairs, one_by_one)
     info = MGSInfo(
         candidate_losses=losses,
         weights=weights,
@@ -592,11 +662,13 @@ def mgs(
     :math:`\mathrm{softmax}(-l_i/\alpha)` (``"tilted"``).
 
     Without ``chunk_size``, all n candidates are drawn once, evaluated with one vmap and kept for
-    the weighted sum, so temporary memory grows with n (about 4 parameter-sized float32 buffers
-    per candidate on CPU in ``benchmarks/memory.py``). With ``chunk_size=c``, candidates are
-    evaluated c at a time and then drawn again from their keys for the weighted sum, so at most
-    about c perturbed copies of the parameters are live at once, whatever n is; the loop costs
-    time (``benchmarks/chunked.py``), so chunk only when memory requires it. With
+    the weighted sum, so temporary memory grows with n (on CPU in ``benchmarks/memory.py``,
+    about 4 parameter-sized float32 buffers per candidate, and 2 where large draws go one
+    candidate at a time: from d = 2¹⁸ and n · d = 2²¹, bit for bit the same candidates). With
+    ``chunk_size=c``, candidates are evaluated c at a time and then drawn again from their keys
+    for the weighted sum, so at most about c perturbed copies of the parameters are live at
+    once, whatever n is; the second draw costs time (``benchmarks/chunked.py``), so chunk only
+    when memory requires it. With
     ``chunk_size="auto"`` the step is unchunked while the n perturbations, n · d · 4 bytes, fit
     in ``memory_budget``, and chunked to fit it otherwise (`auto_chunk_size`).
 

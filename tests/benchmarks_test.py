@@ -78,6 +78,9 @@ def test_speed_smoke_run_writes_paired_ratios(run_benchmark, tmp_path):
         for ratio in cell["ratios"].values():
             assert 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
         assert set(cell["load"]) == {"start", "end"}
+        # XLA's temporary bytes of every step that is one program (all but the Python loop).
+        assert set(cell["temp_bytes"]) == steps - {"sequential"}
+        assert all(b > 0 for b in cell["temp_bytes"].values())
 
 
 @pytest.mark.parametrize("large_step", [False, True])

@@ -362,3 +362,15 @@ def test_log_q_from_the_drawing_pass_keeps_the_component_difference_in_high_dime
         + np.logaddexp(np.log(0.5) - 0.5 * gap, np.log(0.5))
     )
     np.testing.assert_allclose(float(log_q), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shapes", [[(3, 5), (2,)], [(4, 5), (2,)], [(7,)]])
+def test_noise_is_one_flat_draw_whatever_the_parity_of_its_length(shapes):
+    # An odd total is drawn with one extra entry (much faster on CPU); the noise must still be
+    # the first entries of the flat draw, so that candidates do not change with the parity.
+    key = jax.random.key(5)
+    tree = [jnp.zeros(shape) for shape in shapes]
+    total = sum(int(np.prod(shape)) for shape in shapes)
+    noise = mls.sampling._standard_normal_like(key, tree)
+    flat = jnp.concatenate([leaf.reshape(-1) for leaf in noise])
+    chex.assert_trees_all_equal(flat, jax.random.normal(key, (total,), jnp.float32))

@@ -237,8 +237,38 @@ def _loop_body_ops(hlo: str) -> list[list[str]]:
     return [opcodes(body, set()) for body in set(re.findall(r"body=(%?[\w.\-]+)", hlo))]
 
 
-def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop():
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 3, 4])
+def test_candidates_drawn_one_by_one_give_the_same_step(monkeypatch, antithetic, chunk_size):
+    # Large draws on CPU go through a loop, one candidate (or antithetic pair) at a time, instead
+    # of one vmap: the same candidates, losses and update.
+    params = {"w": jnp.linspace(-1.0, 1.0, 40).reshape(8, 5), "b": jnp.ones(3)}
+    guide = jax.tree.map(lambda p: 0.1 * p, params)
+    loss = lambda p: jnp.mean(jnp.sin(3 * p["w"])) + jnp.sum(p["b"] ** 2)
+
+    def run():
+        tx = mls.mgs(num_candidates=8, sigma=0.2, antithetic=antithetic, chunk_size=chunk_size)
+        jaxpr = jax.make_jaxpr(lambda g, s: tx.update(g, s, params, task_loss_fn=loss))(
+            guide, tx.init(params)
+        )
+        loops = str(jaxpr).count("while[") + str(jaxpr).count("scan[")
+        return _step(tx, guide, params, loss), loops
+
+    (vmapped, state), vmapped_loops = run()
+    monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_SIZE", 0)
+    monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_ENTRIES", 0)
+    (one_by_one, one_by_one_state), one_by_one_loops = run()
+    assert one_by_one_loops > vmapped_loops
+    chex.assert_trees_all_close(one_by_one, vmapped, atol=1e-7)
+    chex.assert_trees_all_close(one_by_one_state.info, state.info, atol=1e-7)
+
+
+@pytest.mark.parametrize("one_by_one", [False, True])
+def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop(monkeypatch, one_by_one):
     # A reduce over a broadcast [chunk, d] product runs single-threaded on XLA:CPU; a dot does not.
+    if one_by_one:
+        monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_SIZE", 0)
+        monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_ENTRIES", 0)
     params = {"w": jnp.ones((1000,))}
     guide = {"w": jnp.full((1000,), 0.01)}
     tx = mls.mgs(num_candidates=16, sigma=0.01, weighting="tilted", chunk_size=8, key=0)
@@ -706,7 +736,7 @@ def test_chunk_size_bounds_temporary_memory():
     copy = 4 * dim  # bytes of one float32 copy of the parameters
     by_chunk = {c: temp_bytes(64, c) for c in (1, 8, None)}
     # Memory grows with the chunk: about c candidates are live (a few copies each), while the
-    # unchunked step keeps all 64 (4 copies each today).
+    # unchunked step keeps all 64 perturbations (4 copies each with one vmap, at this size).
     assert by_chunk[1] < by_chunk[8] < by_chunk[None]
     assert by_chunk[1] <= 10 * copy
     assert by_chunk[8] <= 8 * 6 * copy
