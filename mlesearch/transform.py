@@ -188,7 +188,7 @@ def _map_over_candidates(
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
 
 
-# On CPU, large noise vectors drawn at once (n, n / 2 pairs, or a chunk's) are drawn one after
+# On CPU, large noise vectors drawn at once (n, or a chunk's) are drawn one after
 # another (`jax.lax.map`) rather than with one vmap over their keys, which XLA:CPU ran several
 # times slower per entry at these sizes: with at least this many parameters, and this many
 # entries in all. The candidates are the same, bit for bit. In `benchmarks/speed.py`'s MLP step
@@ -481,7 +481,8 @@ def _candidate_losses(
         draws), ``chunk / 2`` pairs at a time; the caller passes it only without a mesh and with
         an even chunk.
       one_by_one: draw the candidates (each chunk's, when chunked) one by one in a loop, then
-        evaluate them with one vmap, instead of drawing them with one vmap.
+        evaluate them with one vmap, instead of drawing them with one vmap; not with
+        ``draw_pair``.
 
     Returns:
       ``(losses, log_q, deltas)``: losses and log q of shape ``(n,)``; ``deltas``, the stacked
@@ -495,8 +496,7 @@ def _candidate_losses(
         # draws on CPU go through a loop (`_draws_one_by_one`).
         if draw_pair is not None:
             # Antithetic pairs share their noise: n / 2 draws instead of n.
-            pair_indices = jnp.arange(num_candidates // 2, dtype=jnp.int32)
-            pairs, log_q = _draw_chunk(draw_pair, pair_indices, one_by_one)
+            pairs, log_q = jax.vmap(draw_pair)(jnp.arange(num_candidates // 2, dtype=jnp.int32))
             deltas = jax.tree.map(lambda x: x.reshape((num_candidates, *x.shape[2:])), pairs)
             losses = jax.vmap(loss_at)(indices, deltas)
             return losses, log_q.reshape(num_candidates), deltas
@@ -512,7 +512,7 @@ def _candidate_losses(
     if draw_pair is not None:
 
         def evaluate_pairs(pairs: jax.Array) -> tuple[jax.Array, jax.Array]:
-            deltas, log_q = _draw_chunk(draw_pair, pairs, one_by_one)
+            deltas, log_q = jax.vmap(draw_pair)(pairs)
             deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), deltas)
             chunk_indices = (2 * pairs[:, None] + jnp.arange(2, dtype=jnp.int32)).reshape(-1)
             return jax.vmap(loss_at)(chunk_indices, deltas), log_q.reshape(-1)
@@ -547,9 +547,7 @@ def _weighted_mean(
     if deltas is not None:
         return _weighted_sum(weights, deltas, like, sharding)
     if draw_pair is not None:
-        return _sum_over_candidates(
-            lambda j: draw_pair(j)[0], weights, like, chunk, group=2, one_by_one=one_by_one
-        )
+        return _sum_over_candidates(lambda j: draw_pair(j)[0], weights, like, chunk, group=2)
     return _sum_over_candidates(
         lambda i: draw(i)[0], weights, like, chunk, sharding, one_by_one=one_by_one
     )
@@ -601,8 +599,10 @@ def _step(
     # splits them and every chunk holds whole pairs.
     by_pairs = settings.antithetic and sharding is None and chunk % 2 == 0
     pairs = draw_pair if by_pairs else None
-    draws_at_once = min(chunk, settings.num_candidates) // (2 if by_pairs else 1)
-    one_by_one = _draws_one_by_one(params, sharding, draws_at_once)
+    # Antithetic pairs keep the vmap: in a loop they were slower (benchmarks/README).
+    one_by_one = not by_pairs and _draws_one_by_one(
+        params, sharding, min(chunk, settings.num_candidates)
+    )
     losses, log_q, deltas = _candidate_losses(
         draw, loss_at, settings.num_candidates, chunk, sharding, pairs, one_by_one
     )
