@@ -1,19 +1,22 @@
 """Chunked against unchunked `mgs` steps, timed side by side.
 
-`mgs(chunk_size=c)` bounds memory by evaluating and summing c candidates at a time inside a loop;
-this measures what that costs against the unchunked step (all n candidates in one vmap), with a
-cheap task loss, so that the candidates' drawing and summing dominate, for d float32 parameters
-shaped as one vector (``vector``) or as the four leaves of ``speed.py``'s MLP (``mlp``: two weight
-matrices and two biases; the candidates' noise is drawn flat and sliced into the leaves). The
-implementations alternate within each repetition and the report is the median (and
-interquartile range) of the per-repetition ratios chunked / unchunked, with the load average: on
-a busy machine only such paired ratios carry over.
+`mgs(chunk_size=c)` bounds memory by evaluating and summing c candidates at a time inside a loop
+(with a fixed α, each chunk is folded into the weighted mean as it is evaluated; with
+``temperature="auto"``, the chunks are drawn a second time for the sum); this measures what that
+costs against the unchunked step (all n candidates in one vmap), with a cheap task loss, so that
+the candidates' drawing and summing dominate, for d float32 parameters shaped as one vector
+(``vector``) or as the four leaves of ``speed.py``'s MLP (``mlp``: two weight matrices and two
+biases; the candidates' noise is drawn flat and sliced into the leaves). The implementations
+alternate within each repetition and the report is the median (and interquartile range) of the
+per-repetition ratios chunked / unchunked, with the load average: on a busy machine only such
+paired ratios carry over.
 
 Usage::
 
     python benchmarks/chunked.py                     # d = 1e5 and 1e6, n = 16, c = 1 and n/2
     python benchmarks/chunked.py --shapes vector      # the one-vector rows only
     python benchmarks/chunked.py --dims 1e6 --num-candidates 32 --repeats 15
+    python benchmarks/chunked.py --temperature auto  # α from the losses: two draws when chunked
     python benchmarks/chunked.py --smoke             # tiny, for the test suite
 """
 
@@ -51,7 +54,11 @@ def _cheap_loss(params: dict[str, jax.Array]) -> jax.Array:
 
 
 def _step(
-    dim: int, num_candidates: int, chunk_size: int | None, shapes: str = "vector"
+    dim: int,
+    num_candidates: int,
+    chunk_size: int | None,
+    shapes: str = "vector",
+    temperature: float | str = 1.0,
 ) -> Callable[[], None]:
     params = _params(dim, shapes)
     guide = jax.tree.map(lambda p: 0.1 * p, params)
@@ -60,6 +67,7 @@ def _step(
         sigma=0.01,
         weighting="tilted",
         chunk_size=chunk_size,
+        temperature=temperature,
         key=0,
     )
     state = tx.init(params)
@@ -80,18 +88,28 @@ def main() -> None:
     parser.add_argument(
         "--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="parameter layouts"
     )
+    parser.add_argument(
+        "--temperature",
+        default="1.0",
+        help='α: a number (default 1.0), or "auto" to choose it from the losses every step',
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, 2 repeats")
     args = parser.parse_args()
+    temperature = args.temperature if args.temperature == "auto" else float(args.temperature)
     dims = [1000] if args.smoke else [int(float(d)) for d in args.dims.split(",")]
     num_candidates = 4 if args.smoke else args.num_candidates
     repeats = 2 if args.smoke else args.repeats
     chunks = sorted({1, max(num_candidates // 2, 1)})
-    print(f"mgs step, chunked / unchunked, n = {num_candidates}, {repeats} interleaved repeats")
+    print(
+        f"mgs step, chunked / unchunked, n = {num_candidates}, temperature = {temperature}, "
+        f"{repeats} interleaved repeats"
+    )
     print("shapes  d          chunk  median ratio  IQR            unchunked ms  load start-end")
     for shapes in args.shapes:
         for dim in dims:
             steps = {
-                str(chunk): _step(dim, num_candidates, chunk, shapes) for chunk in [None, *chunks]
+                str(chunk): _step(dim, num_candidates, chunk, shapes, temperature)
+                for chunk in [None, *chunks]
             }
             load_start = load_average()
             times = interleaved(steps, repeats)

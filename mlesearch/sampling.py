@@ -21,13 +21,15 @@ References:
   sampling, effective sample size).
   [3] Veach & Guibas, *Optimally combining sampling techniques for Monte Carlo rendering*,
   SIGGRAPH 1995 (the balance heuristic for stratified mixtures).
+  [4] Milakov & Gimelshein, *Online normalizer calculation for softmax*, arXiv 1805.02867, 2018
+  (merging softmaxes over chunks, for the weighted mean of chunked candidates).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -462,8 +464,22 @@ def _log_weight_terms(
     candidate_losses: jax.Array, log_proposals: jax.Array | None, weighting: str
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Shifted losses and shifted -log q, both >= 0, and the mask of usable candidates."""
+    excess_loss, excess_log_q, valid, _, _ = _shifted_log_weight_terms(
+        candidate_losses, log_proposals, weighting
+    )
+    return excess_loss, excess_log_q, valid
+
+
+def _shifted_log_weight_terms(
+    candidate_losses: jax.Array, log_proposals: jax.Array | None, weighting: str
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """`_log_weight_terms`, and the shifts: the best finite loss and the smallest finite log q.
+
+    A shift is +inf when no candidate is usable, and 0 where the weighting ignores the term.
+    """
     losses = jnp.asarray(candidate_losses, jnp.float32)
     valid = jnp.isfinite(losses)
+    zero = jnp.zeros((), jnp.float32)
     if weighting == "importance":
         if log_proposals is None:
             raise ValueError(
@@ -475,30 +491,43 @@ def _log_weight_terms(
         min_log_q = jnp.min(jnp.where(valid, log_q, jnp.inf))
         excess_log_q = jnp.where(valid, log_q - min_log_q, 0.0)
     elif weighting in ("tilted", "uniform"):
+        min_log_q = zero
         excess_log_q = jnp.zeros_like(losses)
     else:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
     if weighting == "uniform":
-        return jnp.zeros_like(losses), excess_log_q, valid
+        return jnp.zeros_like(losses), excess_log_q, valid, zero, min_log_q
     # l(θ) is the same for every candidate and cancels in the softmax; shifting by the best finite
     # loss instead keeps -Δl/α <= 0 whatever the scale of the losses, even for ±1e30.
     best = jnp.min(jnp.where(valid, losses, jnp.inf))
     excess_loss = jnp.where(valid, losses - best, 0.0)
-    return excess_loss, excess_log_q, valid
+    return excess_loss, excess_log_q, valid, best, min_log_q
 
 
 def _normalized_weights(
     excess_loss: jax.Array, excess_log_q: jax.Array, valid: jax.Array, temperature: jax.Array
 ) -> jax.Array:
+    return _softmax_and_log_mass(excess_loss, excess_log_q, valid, temperature)[0]
+
+
+def _scaled_loss(excess_loss: jax.Array, temperature: jax.Array) -> jax.Array:
+    """Loss gaps (>= 0) over α > 0; a gap that overflowed to inf stays inf, even at α = inf."""
+    return jnp.where(jnp.isinf(excess_loss), jnp.inf, excess_loss / temperature)
+
+
+def _softmax_and_log_mass(
+    excess_loss: jax.Array, excess_log_q: jax.Array, valid: jax.Array, temperature: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The weights, and log Σᵢ exp(log wᵢ) of their logits before normalising (-inf if none)."""
     # excess_loss == 0 for the best candidate; 0 / α stays 0 for α > 0, and inf / α gives -inf.
-    # A loss gap that overflowed to inf stays infinitely worse, even at α = inf.
-    scaled = jnp.where(jnp.isinf(excess_loss), jnp.inf, excess_loss / temperature)
-    logits = jnp.where(valid, -scaled - excess_log_q, -jnp.inf)
+    logits = jnp.where(valid, -_scaled_loss(excess_loss, temperature) - excess_log_q, -jnp.inf)
     top = jnp.max(logits)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     unnormalized = jnp.exp(logits - top)
     total = jnp.sum(unnormalized)
-    return jnp.where(total > 0, unnormalized / jnp.where(total > 0, total, 1.0), 0.0)
+    safe_total = jnp.where(total > 0, total, 1.0)
+    weights = jnp.where(total > 0, unnormalized / safe_total, 0.0)
+    return weights, jnp.where(total > 0, top + jnp.log(safe_total), -jnp.inf)
 
 
 def candidate_weights(
@@ -541,6 +570,110 @@ def candidate_weights(
     excess_loss, excess_log_q, valid = _log_weight_terms(candidate_losses, log_proposals, weighting)
     return _normalized_weights(
         excess_loss, excess_log_q, valid, jnp.asarray(temperature, jnp.float32)
+    )
+
+
+class RunningWeightedMean(NamedTuple):
+    """Σᵢ wᵢ Δᵢ over the candidates seen so far, with the weights normalised over them.
+
+    The state of `update_running_weighted_mean`, which folds in candidates chunk by chunk, as an
+    online softmax does, so that each chunk is drawn once and never kept.
+
+    Attributes:
+      best_loss: the best finite loss so far, the shift of the loss term of the logits (+inf
+        before any usable candidate; 0 for ``"uniform"``), shape ``()``.
+      min_log_q: the smallest finite log q so far, the shift of the log q term (+inf before any
+        usable candidate; 0 unless ``"importance"``), shape ``()``.
+      log_mass: log Σᵢ exp(log wᵢ) over the candidates so far, their logits taken with those
+        shifts (-inf before any usable candidate), shape ``()``.
+      mean: the weighted mean of their perturbations, float32, shaped like the parameters
+        (zeros before any usable candidate).
+    """
+
+    best_loss: jax.Array
+    min_log_q: jax.Array
+    log_mass: jax.Array
+    mean: Any
+
+
+def init_running_weighted_mean(like: Any) -> RunningWeightedMean:
+    """The empty `RunningWeightedMean`: no candidate seen, a zero mean shaped like ``like``.
+
+    Args:
+      like: a pytree shaped like the parameters (leaves of any shape).
+
+    Returns:
+      A `RunningWeightedMean` whose ``mean`` is float32 zeros shaped like ``like``.
+    """
+    inf = jnp.asarray(jnp.inf, jnp.float32)
+    return RunningWeightedMean(
+        best_loss=inf,
+        min_log_q=inf,
+        log_mass=-inf,
+        mean=jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), like),
+    )
+
+
+def update_running_weighted_mean(
+    running: RunningWeightedMean,
+    candidate_losses: chex.Array,
+    log_proposals: chex.Array | None,
+    perturbations: Any,
+    temperature: chex.Numeric = 1.0,
+    weighting: str = "importance",
+) -> RunningWeightedMean:
+    r"""Folds a chunk of candidates into a running weighted mean of the perturbations.
+
+    After every chunk of n candidates has been folded in, in any order, ``mean`` is
+    :math:`\sum_i w_i \Delta_i` with the weights `candidate_weights` gives all n, up to rounding
+    (and wherever no loss gap overflows float32: where one does, the result depends on the
+    shift it was taken from). Each chunk's softmax is merged with the running one through their
+    log masses, rescaled when either shift (best loss, smallest log q) moves, and its
+    perturbations are summed with one dot per leaf.
+
+    Args:
+      running: the state so far (`init_running_weighted_mean` before the first chunk).
+      candidate_losses: the chunk's losses, shape ``(c,)``.
+      log_proposals: their log q, shape ``(c,)``; required for ``"importance"``.
+      perturbations: their perturbations, leaves ``(c, *shape)``.
+      temperature: α > 0, the same for every chunk; ignored for ``"uniform"``.
+      weighting: ``"importance"``, ``"tilted"`` or ``"uniform"``.
+
+    Returns:
+      The updated `RunningWeightedMean`.
+
+    References:
+      [4] Milakov & Gimelshein 2018.
+    """
+    temperature = jnp.asarray(temperature, jnp.float32)
+    excess_loss, excess_log_q, valid, best, min_log_q = _shifted_log_weight_terms(
+        candidate_losses, log_proposals, weighting
+    )
+    weights, log_mass = _softmax_and_log_mass(excess_loss, excess_log_q, valid, temperature)
+    chunk_mean = jax.tree.map(
+        lambda d: jnp.tensordot(weights, d, axes=1).astype(jnp.float32), perturbations
+    )
+    new_best = jnp.minimum(running.best_loss, best)
+    new_min_log_q = jnp.minimum(running.min_log_q, min_log_q)
+
+    def shifted(log_mass: jax.Array, best: jax.Array, min_log_q: jax.Array) -> jax.Array:
+        # Both shifts only decrease, so both gaps are >= 0 (inf - inf, nothing seen, is no gap).
+        loss_gap = jnp.where(best == new_best, 0.0, best - new_best)
+        log_q_gap = jnp.where(min_log_q == new_min_log_q, 0.0, min_log_q - new_min_log_q)
+        return log_mass - _scaled_loss(loss_gap, temperature) - log_q_gap
+
+    old = shifted(running.log_mass, running.best_loss, running.min_log_q)
+    new = shifted(log_mass, best, min_log_q)
+    total = jnp.logaddexp(old, new)
+    seen = total > -jnp.inf
+    safe_total = jnp.where(seen, total, 0.0)
+    keep = jnp.where(seen, jnp.exp(old - safe_total), 0.0)
+    add = jnp.where(seen, jnp.exp(new - safe_total), 0.0)
+    return RunningWeightedMean(
+        best_loss=new_best,
+        min_log_q=new_min_log_q,
+        log_mass=total,
+        mean=jax.tree.map(lambda m, c: keep * m + add * c, running.mean, chunk_mean),
     )
 
 

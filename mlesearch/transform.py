@@ -1,9 +1,9 @@
 r"""The MGS optax transformation :func:`mgs`, its state :class:`MGSState` and :class:`MGSInfo`.
 
 This module holds the plumbing: argument checks, PRNG keys carried in state, routing of extra
-arguments to the task loss, and the two passes over the candidates (losses first, then the weighted
-sum of the perturbations, each candidate drawn again from its own key). The maths is in
-`sampling.py`.
+arguments to the task loss, and the passes over the candidates: all at once, or chunk by chunk,
+each chunk folded into the weighted mean as it is evaluated (or, when α is chosen from every loss,
+drawn again from its keys for the weighted sum once α is known). The maths is in `sampling.py`.
 
 References:
   [1] Welleck & Cho, `MLE-guided parameter search for task loss minimization in neural sequence
@@ -163,31 +163,6 @@ def _constrain(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
     return jax.lax.with_sharding_constraint(x, sharding)
 
 
-def _map_over_candidates(
-    fn: Callable[[jax.Array], Any],
-    indices: jax.Array,
-    chunk_size: int,
-    sharding: jax.sharding.NamedSharding,
-) -> Any:
-    """``jax.lax.map(fn, indices, batch_size=chunk_size)``, each chunk split over ``sharding``."""
-
-    def chunk_map(chunk_indices: jax.Array) -> Any:
-        return _constrain(jax.vmap(fn)(_constrain(chunk_indices, sharding)), sharding)
-
-    num_candidates = indices.shape[0]
-    num_full = num_candidates // chunk_size
-    split = num_full * chunk_size
-    parts = []
-    if num_full > 0:
-        full = _gather(
-            jax.lax.map(chunk_map, indices[:split].reshape(num_full, chunk_size)), sharding
-        )
-        parts.append(jax.tree.map(lambda x: x.reshape(split, *x.shape[2:]), full))
-    if split < num_candidates:
-        parts.append(_gather(chunk_map(indices[split:]), sharding))
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
-
-
 # On CPU, large noise vectors drawn at once (n, or a chunk's) are drawn one after
 # another (`jax.lax.map`) rather than with one vmap over their keys, which XLA:CPU ran several
 # times slower per entry at these sizes: with at least this many parameters, and this many
@@ -218,24 +193,33 @@ def _draw_chunk(draw: Callable[[jax.Array], Any], indices: jax.Array, one_by_one
     return jax.lax.map(draw, indices) if one_by_one else jax.vmap(draw)(indices)
 
 
-def _over_chunks(chunk_fn: Callable[[jax.Array], Any], indices: jax.Array, chunk: int) -> Any:
-    """``chunk_fn`` on consecutive slices of ``chunk`` indices in a loop, outputs concatenated.
+def _scan_over_chunks(
+    body: Callable[[Any, jax.Array], tuple[Any, Any]],
+    carry: Any,
+    indices: jax.Array,
+    chunk: int,
+    sharding: jax.sharding.NamedSharding | None = None,
+) -> tuple[Any, Any]:
+    """``body(carry, indices)`` on consecutive slices of ``chunk`` indices, in a loop.
 
-    ``jax.lax.map(f, indices, batch_size=chunk)`` with ``chunk_fn = jax.vmap(f)``, for a
-    ``chunk_fn`` that is not a vmap. The last slice holds the remainder when ``chunk`` does not
-    divide the number of indices. Each output leaf's leading axis may be a multiple of its
-    slice's length (candidates drawn by pairs).
+    ``jax.lax.scan`` over the full slices, then ``body`` once more on the remainder when
+    ``chunk`` does not divide the number of indices. Returns the last carry and the outputs
+    concatenated along their leading axis (which may hold a multiple of each slice's length:
+    candidates drawn by pairs), replicated over an Explicit mesh with ``sharding``.
     """
     count = indices.shape[0]
     num_full = count // chunk
     split = num_full * chunk
     parts = []
     if num_full > 0:
-        full = jax.lax.map(chunk_fn, indices[:split].reshape(num_full, chunk))
+        carry, full = jax.lax.scan(body, carry, indices[:split].reshape(num_full, chunk))
+        full = _gather(full, sharding)
         parts.append(jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), full))
     if split < count:
-        parts.append(chunk_fn(indices[split:]))
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
+        carry, rest = body(carry, indices[split:])
+        parts.append(_gather(rest, sharding))
+    outputs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
+    return carry, outputs
 
 
 def _sum_over_candidates(
@@ -459,7 +443,7 @@ def _bound_task_loss(
     return loss_fn, loss_kwargs
 
 
-def _candidate_losses(
+def _evaluate_candidates(
     draw: Callable[[jax.Array], tuple[Any, jax.Array]],
     loss_at: Callable[[jax.Array, Any], jax.Array],
     num_candidates: int,
@@ -467,7 +451,9 @@ def _candidate_losses(
     sharding: jax.sharding.NamedSharding | None,
     draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
     one_by_one: bool = False,
-) -> tuple[jax.Array, jax.Array, Any]:
+    running_mean: Callable[[Any, jax.Array, jax.Array, Any], Any] | None = None,
+    start: Any = None,
+) -> tuple[jax.Array, jax.Array, Any, Any]:
     """Every candidate's task loss and log q, chunked and placed on the mesh as asked.
 
     Args:
@@ -483,54 +469,48 @@ def _candidate_losses(
       one_by_one: draw the candidates (each chunk's, when chunked) one by one in a loop, then
         evaluate them with one vmap, instead of drawing them with one vmap; not with
         ``draw_pair``.
+      running_mean: when chunked, ``(state, losses, log_q, deltas) -> state``, folding each
+        chunk into a running weighted mean as soon as it is evaluated (the weights' temperature
+        is then known before the losses are), or None.
+      start: the state ``running_mean`` starts from.
 
     Returns:
-      ``(losses, log_q, deltas)``: losses and log q of shape ``(n,)``; ``deltas``, the stacked
-      candidates (leaves ``(n, *shape)``) when all were drawn at once and are kept for the
-      weighted sum, else None (they are drawn again from their keys).
+      ``(losses, log_q, deltas, state)``: losses and log q of shape ``(n,)``; ``deltas``, the
+      stacked candidates (leaves ``(n, *shape)``) when all were drawn at once and are kept for
+      the weighted sum, else None; ``state``, the last state of ``running_mean`` when chunked
+      with one, else None. When chunked without one, the weighted sum draws the candidates
+      again from their keys.
     """
-    indices = jnp.arange(num_candidates, dtype=jnp.int32)
+
+    def evaluate(chunk_indices: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+        if draw_pair is not None:
+            # Antithetic pairs share their noise: one draw for two candidates.
+            pairs, log_q = jax.vmap(draw_pair)(chunk_indices)
+            deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), pairs)
+            members = 2 * chunk_indices[:, None] + jnp.arange(2, dtype=jnp.int32)
+            return deltas, jax.vmap(loss_at)(members.reshape(-1), deltas), log_q.reshape(-1)
+        placed = _constrain(chunk_indices, sharding)
+        deltas, log_q = _constrain(_draw_chunk(draw, placed, one_by_one), sharding)
+        losses = _constrain(jax.vmap(loss_at)(placed, deltas), sharding)
+        return deltas, losses, log_q
+
+    group = 1 if draw_pair is None else 2
+    indices = jnp.arange(num_candidates // group, dtype=jnp.int32)
     if chunk >= num_candidates:
         # All at once: draw them once, keep them for the weighted sum, and evaluate them with
         # one vmap (XLA runs loop bodies with less parallelism than top-level code); only large
         # draws on CPU go through a loop (`_draws_one_by_one`).
-        if draw_pair is not None:
-            # Antithetic pairs share their noise: n / 2 draws instead of n.
-            pairs, log_q = jax.vmap(draw_pair)(jnp.arange(num_candidates // 2, dtype=jnp.int32))
-            deltas = jax.tree.map(lambda x: x.reshape((num_candidates, *x.shape[2:])), pairs)
-            losses = jax.vmap(loss_at)(indices, deltas)
-            return losses, log_q.reshape(num_candidates), deltas
-        placed = _constrain(indices, sharding)
-        deltas, log_q = _constrain(_draw_chunk(draw, placed, one_by_one), sharding)
-        losses = _constrain(jax.vmap(loss_at)(placed, deltas), sharding)
-        return losses, log_q, deltas
+        deltas, losses, log_q = evaluate(indices)
+        return losses, log_q, deltas, None
 
-    def evaluate(index: jax.Array) -> tuple[jax.Array, jax.Array]:
-        delta, log_q = draw(index)
-        return loss_at(index, delta), log_q
+    def body(state: Any, chunk_indices: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
+        deltas, losses, log_q = evaluate(chunk_indices)
+        if running_mean is not None:
+            state = running_mean(state, losses, log_q, deltas)
+        return state, (losses, log_q)
 
-    if draw_pair is not None:
-
-        def evaluate_pairs(pairs: jax.Array) -> tuple[jax.Array, jax.Array]:
-            deltas, log_q = jax.vmap(draw_pair)(pairs)
-            deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), deltas)
-            chunk_indices = (2 * pairs[:, None] + jnp.arange(2, dtype=jnp.int32)).reshape(-1)
-            return jax.vmap(loss_at)(chunk_indices, deltas), log_q.reshape(-1)
-
-        pairs = jnp.arange(num_candidates // 2, dtype=jnp.int32)
-        losses, log_q = _over_chunks(evaluate_pairs, pairs, chunk // 2)
-        return losses, log_q, None
-
-    if sharding is None:
-
-        def evaluate_chunk(chunk_indices: jax.Array) -> tuple[jax.Array, jax.Array]:
-            deltas, log_q = _draw_chunk(draw, chunk_indices, one_by_one)
-            return jax.vmap(loss_at)(chunk_indices, deltas), log_q
-
-        losses, log_q = _over_chunks(evaluate_chunk, indices, chunk)
-    else:
-        losses, log_q = _map_over_candidates(evaluate, indices, chunk, sharding)
-    return losses, log_q, None
+    state, (losses, log_q) = _scan_over_chunks(body, start, indices, chunk // group, sharding)
+    return losses, log_q, None, state
 
 
 def _weighted_mean(
@@ -603,11 +583,33 @@ def _step(
     one_by_one = not by_pairs and _draws_one_by_one(
         params, sharding, min(chunk, settings.num_candidates)
     )
-    losses, log_q, deltas = _candidate_losses(
-        draw, loss_at, settings.num_candidates, chunk, sharding, pairs, one_by_one
+    auto_alpha = isinstance(settings.temperature, str)
+    alpha = None if auto_alpha else jnp.asarray(settings.temperature, jnp.float32)
+    use_log_q = settings.weighting == "importance"
+    running_mean = start = None
+    if alpha is not None and sharding is None:
+        # With α known before the losses, chunks are folded into the weighted mean as they are
+        # evaluated (an online softmax), so that each candidate is drawn once, not twice. (Over
+        # a mesh, chunks are drawn again for the sum, as with an automatic α.)
+        def running_mean(running: Any, losses: jax.Array, log_q: jax.Array, deltas: Any) -> Any:
+            return sampling.update_running_weighted_mean(
+                running, losses, log_q if use_log_q else None, deltas, alpha, settings.weighting
+            )
+
+        start = sampling.init_running_weighted_mean(guide)
+    losses, log_q, deltas, running = _evaluate_candidates(
+        draw,
+        loss_at,
+        settings.num_candidates,
+        chunk,
+        sharding,
+        pairs,
+        one_by_one,
+        running_mean,
+        start,
     )
-    log_q = log_q if settings.weighting == "importance" else None
-    if isinstance(settings.temperature, str):
+    log_q = log_q if use_log_q else None
+    if alpha is None:
         previous = state.info.temperature
         alpha = sampling.auto_temperature(
             losses,
@@ -616,10 +618,13 @@ def _step(
             settings.weighting,
             fallback=jnp.where(previous > 0, previous, 1.0),
         )
-    else:
-        alpha = jnp.asarray(settings.temperature, jnp.float32)
     weights = sampling.candidate_weights(losses, log_q, alpha, settings.weighting)
-    mean_delta = _weighted_mean(weights, deltas, draw, guide, chunk, sharding, pairs, one_by_one)
+    if running is not None:
+        mean_delta = running.mean
+    else:
+        mean_delta = _weighted_mean(
+            weights, deltas, draw, guide, chunk, sharding, pairs, one_by_one
+        )
     info = MGSInfo(
         candidate_losses=losses,
         weights=weights,
@@ -665,10 +670,12 @@ def mgs(
     the weighted sum, so temporary memory grows with n (on CPU in ``benchmarks/memory.py``,
     about 4 parameter-sized float32 buffers per candidate, and 2 where large draws go one
     candidate at a time: from d = 2¹⁸ and n · d = 2²¹, bit for bit the same candidates). With
-    ``chunk_size=c``, candidates are evaluated c at a time and then drawn again from their keys
-    for the weighted sum, so at most about c perturbed copies of the parameters are live at
-    once, whatever n is; the second draw costs time (``benchmarks/chunked.py``), so chunk only
-    when memory requires it. With
+    ``chunk_size=c``, candidates are drawn and evaluated c at a time, and each chunk is folded
+    into the weighted mean as soon as it is evaluated (an online softmax over the chunks), so at
+    most about c perturbed copies of the parameters are live at once, whatever n is, and each
+    candidate is still drawn once. With ``temperature="auto"`` (α needs every loss first) and
+    with ``mesh``, the chunks are instead drawn again from their keys for the weighted sum once
+    the weights are known: a second draw, which costs time (``benchmarks/chunked.py``). With
     ``chunk_size="auto"`` the step is unchunked while the n perturbations, n · d · 4 bytes, fit
     in ``memory_budget``, and chunked to fit it otherwise (`auto_chunk_size`).
 

@@ -374,3 +374,66 @@ def test_noise_is_one_flat_draw_whatever_the_parity_of_its_length(shapes):
     noise = mls.sampling._standard_normal_like(key, tree)
     flat = jnp.concatenate([leaf.reshape(-1) for leaf in noise])
     chex.assert_trees_all_equal(flat, jax.random.normal(key, (total,), jnp.float32))
+
+
+def _fold_in_chunks(losses, log_q, deltas, temperature, weighting, chunks):
+    running = mls.sampling.init_running_weighted_mean(jax.tree.map(lambda d: d[0], deltas))
+    for chunk in chunks:
+        chunk = np.asarray(chunk)
+        running = mls.sampling.update_running_weighted_mean(
+            running,
+            losses[chunk],
+            None if log_q is None else log_q[chunk],
+            jax.tree.map(lambda d, c=chunk: d[c], deltas),
+            temperature,
+            weighting,
+        )
+    return running
+
+
+@pytest.mark.parametrize("weighting", ["importance", "tilted", "uniform"])
+@pytest.mark.parametrize(
+    ("losses", "log_q", "temperature"),
+    [
+        ([0.3, 1.2, -0.5, 2.0, 0.7, 0.1, 1.5], [-1.0, 0.5, -2.0, 0.0, 1.0, -0.5, 0.2], 0.7),
+        # Non-finite losses and log q, and a chunk with nothing usable (the first two).
+        (
+            [jnp.nan, jnp.inf, 0.4, 1.0, -jnp.inf, 0.2, 3.0],
+            [0.0, 1.0, -1.0, jnp.nan, 0.0, 2.0, 1.0],
+            1.0,
+        ),
+        # Losses far apart: a later chunk outweighs the earlier ones entirely.
+        ([1e30, 5e29, -1e30, 3e38, 2.0, -3e38, 0.0], [0.0, 1e30, -1e30, 5.0, 0.0, 1.0, 2.0], 1e-3),
+        # α = inf weighs every finite loss alike (gaps that overflow float32, as 3e38 - (-3e38)
+        # would, depend on the shift they are taken from, so these stay within range).
+        (
+            [1e30, 5e29, -1e30, 2e38, 2.0, -1e38, 0.0],
+            [0.0, 1e30, -1e30, 5.0, 0.0, 1.0, 2.0],
+            jnp.inf,
+        ),
+    ],
+)
+@pytest.mark.parametrize("chunks", [[[0, 1], [2, 3, 4], [5, 6]], [[6], [5, 4], [3, 2, 1, 0]]])
+def test_running_weighted_mean_over_chunks_equals_the_weighted_sum(
+    weighting, losses, log_q, temperature, chunks
+):
+    losses = jnp.array(losses, jnp.float32)
+    log_q = jnp.array(log_q, jnp.float32) if weighting == "importance" else None
+    deltas = {
+        "w": jax.random.normal(jax.random.key(0), (7, 3, 2)),
+        "b": jax.random.normal(jax.random.key(1), (7, 4)).astype(jnp.bfloat16),
+    }
+    weights = mls.candidate_weights(losses, log_q, temperature, weighting)
+    expected = jax.tree.map(lambda d: jnp.tensordot(weights, d.astype(jnp.float32), axes=1), deltas)
+    running = _fold_in_chunks(losses, log_q, deltas, temperature, weighting, chunks)
+    chex.assert_trees_all_close(running.mean, expected, atol=1e-6, rtol=1e-5)
+    chex.assert_tree_all_finite(running.mean)
+    assert jax.tree.map(lambda m: m.dtype, running.mean) == {"w": jnp.float32, "b": jnp.float32}
+
+
+def test_running_weighted_mean_of_nothing_usable_is_zero():
+    losses = jnp.array([jnp.nan, jnp.inf, -jnp.inf, jnp.nan])
+    deltas = {"w": jnp.ones((4, 3))}
+    running = _fold_in_chunks(losses, jnp.zeros(4), deltas, 1.0, "importance", [[0, 1], [2, 3]])
+    chex.assert_trees_all_equal(running.mean, {"w": jnp.zeros(3)})
+    assert float(running.log_mass) == -np.inf

@@ -203,38 +203,57 @@ def test_int_seed_typed_key_and_raw_key_agree():
     chex.assert_trees_all_equal(*results)
 
 
-def test_chunked_evaluation_gives_the_same_update():
+@pytest.mark.parametrize(
+    ("temperature", "weighting"), [(1.0, "importance"), (0.05, "tilted"), ("auto", "importance")]
+)
+def test_chunked_evaluation_gives_the_same_update(temperature, weighting):
+    # With a fixed α each chunk is folded into the mean as it is evaluated; with "auto" the
+    # chunks are drawn again for the sum once α is known. Either way, the unchunked update.
     params, x, y, mle_loss, error_rate = _mlp_problem()
     guide = jax.grad(mle_loss)(params, x, y)
     results = [
         _step(
-            mls.mgs(num_candidates=10, sigma=0.3, chunk_size=c), guide, params, error_rate, x=x, y=y
+            mls.mgs(
+                num_candidates=10,
+                sigma=0.3,
+                chunk_size=c,
+                temperature=temperature,
+                weighting=weighting,
+            ),
+            guide,
+            params,
+            error_rate,
+            x=x,
+            y=y,
         )
         for c in (None, 1, 3, 10, 64)
     ]
+    if weighting == "tilted":  # several candidates share the weight, so the merging is tested
+        assert float(results[0][1].info.ess) > 1.5
     for updates, state in results[1:]:
         chex.assert_trees_all_close(updates, results[0][0], atol=1e-6)
         chex.assert_trees_all_close(state.info, results[0][1].info, atol=1e-6)
 
 
-def _loop_body_ops(hlo: str) -> list[list[str]]:
-    """The opcodes of each while-loop body of compiled HLO text, fusions and calls included."""
+def _loop_body_instructions(hlo: str) -> list[list[tuple[str, str]]]:
+    """(opcode, instruction) pairs of each while-loop body of compiled HLO text, with those of
+    the fusions and calls it makes."""
     computations = {}
     for block in hlo.split("\n\n"):
         match = re.match(r"(?:ENTRY )?(%?[\w.\-]+) ", block.strip())
         if match:
             computations[match.group(1)] = block
 
-    def opcodes(name, seen):
+    def instructions(name, seen):
         block = computations.get(name, "")
-        found = re.findall(r"=\s*\S+\s+([a-z\-]+)\(", block)
+        found = [(m.group(1), m.group(0)) for m in re.finditer(r"=\s*\S+\s+([a-z\-]+)\(.*", block)]
         for called in re.findall(r"(?:calls|to_apply)=(%?[\w.\-]+)", block):
             if called not in seen:
                 seen.add(called)
-                found += opcodes(called, seen)
+                found += instructions(called, seen)
         return found
 
-    return [opcodes(body, set()) for body in set(re.findall(r"body=(%?[\w.\-]+)", hlo))]
+    return [instructions(body, set()) for body in set(re.findall(r"body=(%?[\w.\-]+)", hlo))]
 
 
 @pytest.mark.parametrize(
@@ -276,15 +295,21 @@ def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop(monkeypatch, 
     tx = mls.mgs(num_candidates=16, sigma=0.01, weighting="tilted", chunk_size=8, key=0)
     step = jax.jit(lambda u, s, p: tx.update(u, s, p, task_loss_fn=lambda q: jnp.sum(q["w"])))
     hlo = step.lower(guide, tx.init(params), params).compile().as_text()
-    bodies = _loop_body_ops(hlo)
-    summing = [ops for ops in bodies if "dot" in ops]
+    bodies = _loop_body_instructions(hlo)
+    summing = [body for body in bodies if any(op == "dot" for op, _ in body)]
     assert summing, bodies
-    assert all("reduce" not in ops for ops in summing), summing
+    # Reduces over the chunk's (8,) losses (its softmax) are fine; none may read d = 1000 entries.
+    large_reduces = [
+        text for body in summing for op, text in body if op == "reduce" and "1000" in text
+    ]
+    assert not large_reduces, large_reduces
 
 
-def test_unchunked_step_draws_the_candidates_once(monkeypatch):
-    # Without chunk_size the candidates are drawn once and kept for the weighted sum; with a chunk
-    # size they are drawn again from their keys (a second pass), which bounds memory.
+def test_each_candidate_is_drawn_once_unless_alpha_needs_every_loss(monkeypatch):
+    # Without chunk_size the candidates are drawn once and kept for the weighted sum. With a
+    # chunk size and a fixed α, each chunk is folded into the weighted mean as soon as it is
+    # evaluated: still one draw. Only when α is chosen from all the losses (temperature="auto")
+    # are the candidates drawn again from their keys for the sum (a second pass).
     params, x, y, mle_loss, error_rate = _mlp_problem()
     guide = jax.grad(mle_loss)(params, x, y)
     draws = []
@@ -300,16 +325,19 @@ def test_unchunked_step_draws_the_candidates_once(monkeypatch):
     monkeypatch.setattr(mls.sampling, "sample_candidate_and_log_q", counted)
     monkeypatch.setattr(mls.sampling, "log_proposal_density", second_pass)
 
-    def traced_draws(chunk_size):
+    def traced_draws(chunk_size, temperature=1.0):
         draws.clear()
-        tx = mls.mgs(num_candidates=8, sigma=0.3, chunk_size=chunk_size)
+        tx = mls.mgs(num_candidates=8, sigma=0.3, chunk_size=chunk_size, temperature=temperature)
         step = lambda u, s, p: tx.update(u, s, p, task_loss_fn=error_rate, x=x, y=y)
         jax.jit(step).lower(guide, tx.init(params), params)
         return len(draws)
 
     assert traced_draws(None) == 1
     assert traced_draws(8) == 1  # a chunk as large as n is the same single pass
-    assert traced_draws(2) >= 2
+    assert traced_draws(2) == 1  # one loop body, drawing each chunk once
+    assert traced_draws(3) == 2  # the loop body and the remainder's chunk
+    assert traced_draws(None, "auto") == 1
+    assert traced_draws(2, "auto") == 2  # the drawing pass, then the summing pass
 
 
 def test_info_is_consistent():
