@@ -3,13 +3,13 @@
 `mgs(chunk_size=c)` bounds memory by evaluating and summing c candidates at a time inside a loop
 (with a fixed α, each chunk is folded into the weighted mean as it is evaluated; with
 ``temperature="auto"``, the chunks are drawn a second time for the sum); this measures what that
-costs against the unchunked step (all n candidates in one vmap), with a cheap task loss, so that
-the candidates' drawing and summing dominate, for d float32 parameters shaped as one vector
-(``vector``) or as the four leaves of ``speed.py``'s MLP (``mlp``: two weight matrices and two
-biases; the candidates' noise is drawn flat and sliced into the leaves). The implementations
-alternate within each repetition and the report is the median (and interquartile range) of the
-per-repetition ratios chunked / unchunked, with the load average: on a busy machine only such
-paired ratios carry over.
+costs against the unchunked step (``chunk_size=n``: all n candidates in one vmap), with a cheap
+task loss, so that the candidates' drawing and summing dominate, for d float32 parameters shaped
+as one vector (``vector``) or as the four leaves of ``speed.py``'s MLP (``mlp``: two weight
+matrices and two biases; the candidates' noise is drawn flat and sliced into the leaves). The
+implementations alternate within each repetition and the report is the median (and interquartile
+range) of the per-repetition ratios chunked / unchunked, with the load average: on a busy machine
+only such paired ratios carry over.
 
 Usage::
 
@@ -107,16 +107,17 @@ def main() -> None:
     print("shapes  d          chunk  median ratio  IQR            unchunked ms  load start-end")
     for shapes in args.shapes:
         for dim in dims:
+            # Unchunked: chunk_size=n, all n in one vmap (None may chunk on CPU, see mgs).
             steps = {
                 str(chunk): _step(dim, num_candidates, chunk, shapes, temperature)
-                for chunk in [None, *chunks]
+                for chunk in [num_candidates, *chunks]
             }
             load_start = load_average()
             times = interleaved(steps, repeats)
             load_end = load_average()
-            base = statistics.median(times["None"]) * 1e3
+            base = statistics.median(times[str(num_candidates)]) * 1e3
             for chunk in chunks:
-                r = paired_ratio(times, str(chunk), "None")
+                r = paired_ratio(times, str(chunk), str(num_candidates))
                 print(
                     f"{shapes:<7} {dim:<10d} {chunk:<6d} {r['median']:>12.2f}  "
                     f"{r['q1']:.2f}-{r['q3']:.2f}      {base:>10.1f}  "

@@ -156,7 +156,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d", type=float, nargs="+", default=[1e6, 1e7])
     parser.add_argument("--n", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--chunk", type=int, nargs="+", default=[1, 8, 0], help="0 means None")
+    parser.add_argument(
+        "--chunk", type=int, nargs="+", default=[1, 8, 0], help="0 means n (all at once)"
+    )
     parser.add_argument("--out", default=None, help="JSON path for the results")
     parser.add_argument(
         "--compile-only",
@@ -181,12 +183,12 @@ def main() -> None:
     # (d, n, chunk_size, run) per setting.
     if args.large_step:
         dim = int(1e4 if args.smoke else 1e7)
-        settings = [(dim, 16, 8, True), (dim, 64, 8, False), (dim, 16, None, False)]
+        settings = [(dim, 16, 8, True), (dim, 64, 8, False), (dim, 16, 16, False)]
     else:
         if args.smoke:
             args.d, args.n, args.chunk = [1e4], [8], [1, 0]
         settings = [
-            (int(d), n, None if chunk == 0 else chunk, not args.compile_only)
+            (int(d), n, n if chunk == 0 else chunk, not args.compile_only)
             for d in args.d
             for n in args.n
             for chunk in args.chunk

@@ -22,17 +22,20 @@ Each cell compiles and warms up, in one process, the jitted steps
   (e) with_mgs: a step of ``mlesearch.with_mgs(optax.adam(lr), probe_scale=0.1, num_candidates=n)``,
       the paper's placement, against its own limit (b'), which is (b) with the weighted direction
       handed to Adam as a pseudo-gradient;
+  (a'') mgs_all_at_once: (a) with ``chunk_size=n``, all n candidates in one vmap. (a) is the
+      same step except on CPU, where (with its fixed α) n perturbations of more than 4 MiB go
+      in cache-sized chunks;
 
 and then runs ``--repeats`` repetitions in which every step runs once, in an order shuffled with
 a fixed seed (each call waited for with ``block_until_ready``). Each ratio a/b, a/c, a/d, a'/b,
-a'/d (``a_anti/...`` in the JSON) and e/b' (``with_mgs/b``) is the median over the repetitions of
-the paired, per-repetition ratio, reported with its interquartile range and the 1-minute load
-average at the start and the end of the cell: under load only such paired ratios carry over. It
-prints them per cell, with each step's temporary memory in float32 copies of the parameters
-(XLA's ``memory_analysis().temp_size_in_bytes`` of the compiled step, not timed; ``temp_bytes``
-in the JSON), and writes them, with the per-repetition times, as JSON. Workloads: an MLP
-classifier with 0/1 error as the task loss (d set by its hidden width), and the transformer
-language model of ``mlesearch.models`` with token error rate as the task loss.
+a'/d (``a_anti/...`` in the JSON), e/b' (``with_mgs/b``) and a/a'' (``a/a_all``) is the median
+over the repetitions of the paired, per-repetition ratio, reported with its interquartile range
+and the 1-minute load average at the start and the end of the cell: under load only such paired
+ratios carry over. It prints them per cell, with each step's temporary memory in float32 copies
+of the parameters (XLA's ``memory_analysis().temp_size_in_bytes`` of the compiled step, not
+timed; ``temp_bytes`` in the JSON), and writes them, with the per-repetition times, as JSON.
+Workloads: an MLP classifier with 0/1 error as the task loss (d set by its hidden width), and the
+transformer language model of ``mlesearch.models`` with token error rate as the task loss.
 """
 
 from __future__ import annotations
@@ -221,6 +224,10 @@ def implementations(
 
     out = {
         "mgs": mgs_step_for("mgs", optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0))),
+        "mgs_all_at_once": mgs_step_for(
+            "mgs_all_at_once",
+            optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0, chunk_size=n)),
+        ),
         "mgs_antithetic": mgs_step_for(
             "mgs_antithetic",
             optax.chain(sgd, mls.mgs(num_candidates=n, sigma=sigma, key=0, antithetic=True)),
@@ -249,6 +256,7 @@ RATIOS = (
     ("a_anti/b", "mgs_antithetic", "limit"),
     ("a_anti/d_guided_es", "mgs_antithetic", "guided_es"),
     ("with_mgs/b", "with_mgs", "limit_adam"),
+    ("a/a_all", "mgs", "mgs_all_at_once"),
 )
 
 

@@ -169,7 +169,9 @@ def _constrain(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
 # entries in all. The candidates are the same, bit for bit. In `benchmarks/speed.py`'s MLP step
 # at d = 10⁶ the loop took 0.66-0.70 of the vmap's time (n = 4 to 32). Below, the two traded
 # places with the allocator's settings (d = 10⁵ and the LM, n = 16 and 32: 0.72 to 1.28), and at
-# d = 2 · 10⁵, n = 4 and d = 10⁴, n = 16 and 32, the loop was 1.2-1.7 times slower.
+# d = 2 · 10⁵, n = 4 and d = 10⁴, n = 16 and 32, the loop was 1.2-1.7 times slower. (Those were
+# all-at-once steps; a CPU step with a fixed α and no chunk_size now goes in cache-sized chunks,
+# `_CPU_CHUNK_BYTES`, so this loop serves large explicit chunks and temperature="auto".)
 _SEQUENTIAL_DRAW_MIN_SIZE = 2**18
 _SEQUENTIAL_DRAW_MIN_ENTRIES = 2**21
 
@@ -312,12 +314,38 @@ def auto_chunk_size(num_candidates: int, params: Any, memory_budget: int) -> int
     return max(1, min(num_candidates, memory_budget // max(per_candidate, 1)))
 
 
+# On CPU, with a fixed α and neither chunk_size nor a mesh given, a step whose n perturbations
+# take more than this many bytes goes through its candidates in chunks of the largest power of two
+# that fits (at least 1, and 2 for antithetic pairs), folding each chunk into the weighted mean as
+# it is evaluated: a chunk's candidates then stay in cache from their draw through their loss to
+# the sum, instead of streaming n · d floats from memory at each stage. In
+# `benchmarks/speed.py`'s MLP and LM steps this took 0.63-0.79 of the all-at-once step's time
+# (a/a_all; d = 10⁵ with n = 16 and 32, d = 10⁶ with n = 4 to 32, the LM with n = 16 and 32);
+# below it, chunks gained nothing in scratch runs (d = 10⁴, n = 32; d = 10⁵, n = 4). With
+# temperature="auto" the chunks are drawn twice (α needs every loss before any weight), and in a
+# scratch run cache-sized chunks took 1.05-1.27 of the all-at-once with_mgs step's time on the
+# MLP (d = 10⁵ and 10⁶, n = 16 and 32) but 0.86-0.88 on the LM: mixed, so that step stays
+# unchunked unless chunk_size says otherwise.
+_CPU_CHUNK_BYTES = 2**22
+
+
+def _cache_chunk_size(num_candidates: int, params: Any, antithetic: bool) -> int:
+    """The chunk of a CPU step without chunk_size (`_CPU_CHUNK_BYTES`); n if it needs none."""
+    per_candidate = 4 * sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    if jax.default_backend() != "cpu" or num_candidates * per_candidate <= _CPU_CHUNK_BYTES:
+        return num_candidates
+    fits = max(1, _CPU_CHUNK_BYTES // max(per_candidate, 1))
+    chunk = 1 << (fits.bit_length() - 1)
+    return min(num_candidates, max(chunk, 2 if antithetic else 1))
+
+
 class _Settings(NamedTuple):
     """The arguments of :func:`mgs`, checked and normalised."""
 
     num_candidates: int
     num_zero_mean: int
     chunk: int | None  # candidates evaluated at once (n when not chunked); None: from budget.
+    chunk_for_cache: bool  # chunk_size None or "auto": on CPU, chunks may be cache-sized.
     memory_budget: int  # bytes of perturbations live at once, with chunk_size="auto".
     sigma: Any  # float or traced scalar.
     temperature: Any  # float, traced scalar, or "auto".
@@ -391,6 +419,7 @@ def _check_settings(
         num_candidates=num_candidates,
         num_zero_mean=num_zero_mean,
         chunk=chunk,
+        chunk_for_cache=chunk_size is None or isinstance(chunk_size, str),
         memory_budget=memory_budget,
         sigma=sigma,
         temperature=temperature,
@@ -575,6 +604,9 @@ def _step(
     chunk = settings.chunk
     if chunk is None:
         chunk = auto_chunk_size(settings.num_candidates, params, settings.memory_budget)
+    fixed_alpha = not isinstance(settings.temperature, str)
+    if settings.chunk_for_cache and fixed_alpha and sharding is None:
+        chunk = min(chunk, _cache_chunk_size(settings.num_candidates, params, settings.antithetic))
     # Antithetic pairs are drawn together (one noise draw for two candidates) where no mesh
     # splits them and every chunk holds whole pairs.
     by_pairs = settings.antithetic and sharding is None and chunk % 2 == 0
@@ -583,8 +615,7 @@ def _step(
     one_by_one = not by_pairs and _draws_one_by_one(
         params, sharding, min(chunk, settings.num_candidates)
     )
-    auto_alpha = isinstance(settings.temperature, str)
-    alpha = None if auto_alpha else jnp.asarray(settings.temperature, jnp.float32)
+    alpha = jnp.asarray(settings.temperature, jnp.float32) if fixed_alpha else None
     use_log_q = settings.weighting == "importance"
     running_mean = start = None
     if alpha is not None and sharding is None:
@@ -666,14 +697,20 @@ def mgs(
     :math:`w = \mathrm{softmax}(-l_i/\alpha - \log q(\Delta_i))` (``"importance"``) or
     :math:`\mathrm{softmax}(-l_i/\alpha)` (``"tilted"``).
 
-    Without ``chunk_size``, all n candidates are drawn once, evaluated with one vmap and kept for
+    With ``chunk_size=n``, all n candidates are drawn once, evaluated with one vmap and kept for
     the weighted sum, so temporary memory grows with n (on CPU in ``benchmarks/memory.py``,
     about 4 parameter-sized float32 buffers per candidate, and 2 where large draws go one
-    candidate at a time: from d = 2¹⁸ and n · d = 2²¹, bit for bit the same candidates). With
-    ``chunk_size=c``, candidates are drawn and evaluated c at a time, and each chunk is folded
-    into the weighted mean as soon as it is evaluated (an online softmax over the chunks), so at
-    most about c perturbed copies of the parameters are live at once, whatever n is, and each
-    candidate is still drawn once. With ``temperature="auto"`` (α needs every loss first) and
+    candidate at a time: from d = 2¹⁸ and n · d = 2²¹, bit for bit the same candidates). Without
+    ``chunk_size`` that is also the step on accelerators, with ``temperature="auto"`` and with
+    ``mesh``; on CPU with a fixed α, a step whose n perturbations exceed 4 MiB goes in chunks of
+    the largest power of two that fits in 4 MiB, which keeps each chunk in cache and took 0.63 to
+    0.79 of the all-at-once step's time in ``benchmarks/speed.py`` (d = 10⁵ to 10⁶ and the LM).
+    The update is the same up to the order of floating-point sums.
+
+    With ``chunk_size=c``, candidates are drawn and evaluated c at a time, and each chunk is
+    folded into the weighted mean as soon as it is evaluated (an online softmax over the chunks),
+    so at most about c perturbed copies of the parameters are live at once, whatever n is, and
+    each candidate is still drawn once. With ``temperature="auto"`` (α needs every loss first) and
     with ``mesh``, the chunks are instead drawn again from their keys for the weighted sum once
     the weights are known: a second draw, which costs time (``benchmarks/chunked.py``). With
     ``chunk_size="auto"`` the step is unchunked while the n perturbations, n · d · 4 bytes, fit
@@ -713,8 +750,10 @@ def mgs(
       antithetic: draw candidates in antithetic pairs (m + σε, m - σε). Each component needs an
         even count. A pair shares one noise draw, so a step draws n / 2 noise vectors, except
         with ``mesh`` or an odd chunk size, where each candidate draws its own copy.
-      chunk_size: evaluate this many candidates at a time (bounds memory); None evaluates all n
-        with one vmap; ``"auto"`` picks one from ``memory_budget`` and the size of params. Static.
+      chunk_size: evaluate this many candidates at a time (bounds memory); n evaluates all n
+        with one vmap; None does too, except on CPU with a fixed α, where chunks are cache-sized
+        (above); ``"auto"`` picks one from ``memory_budget`` and the size of params (and on CPU
+        with a fixed α, at most the cache-sized one). Static.
       key: an int seed, a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
       target_ess: with ``temperature="auto"``, the target ESS as a fraction of n, in (0, 1].
       mesh: a ``jax.sharding.Mesh`` whose devices share the candidates, or None (no constraint:

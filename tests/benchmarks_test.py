@@ -53,6 +53,7 @@ def test_speed_smoke_run_writes_paired_ratios(run_benchmark, tmp_path):
     assert [c["workload"] for c in results["cells"]] == ["mlp d=1e+03", "lm tiny"]
     steps = {
         "mgs",
+        "mgs_all_at_once",
         "mgs_antithetic",
         "limit",
         "sequential",
@@ -74,6 +75,7 @@ def test_speed_smoke_run_writes_paired_ratios(run_benchmark, tmp_path):
             "a_anti/b",
             "a_anti/d_guided_es",
             "with_mgs/b",
+            "a/a_all",
         }
         for ratio in cell["ratios"].values():
             assert 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
@@ -96,7 +98,7 @@ def test_memory_smoke_run(run_benchmark, tmp_path, large_step):
         assert [(r["n"], r["chunk_size"], r["run"]) for r in rows] == [
             (16, 8, True),
             (64, 8, False),
-            (16, None, False),
+            (16, 16, False),
         ]
 
 

@@ -235,6 +235,62 @@ def test_chunked_evaluation_gives_the_same_update(temperature, weighting):
         chex.assert_trees_all_close(state.info, results[0][1].info, atol=1e-6)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the cache-sized chunks are for CPU")
+@pytest.mark.parametrize(
+    ("num_candidates", "dim", "antithetic", "expected"),
+    [
+        (32, 10_000, False, 32),  # 1.28 MB in all: no chunks
+        (4, 100_000, False, 4),
+        (16, 100_000, False, 8),  # 400 kB each: 10 fit in 4 MiB, the power of two below is 8
+        (32, 134_912, False, 4),
+        (16, 1_000_000, False, 1),
+        (16, 1_000_000, True, 2),  # antithetic pairs stay together
+        (16, 10_000_000, False, 1),
+    ],
+)
+def test_cache_chunk_size(num_candidates, dim, antithetic, expected):
+    params = jax.ShapeDtypeStruct((dim,), jnp.float32)
+    assert mls.transform._cache_chunk_size(num_candidates, params, antithetic) == expected
+
+
+@pytest.mark.parametrize(
+    ("temperature", "antithetic", "mesh"),
+    [(0.5, False, False), (0.5, True, False), ("auto", False, False), (0.5, False, True)],
+)
+def test_default_step_on_cpu_goes_in_cache_sized_chunks(monkeypatch, temperature, antithetic, mesh):
+    # With a fixed α and no chunk_size or mesh, a CPU step whose perturbations exceed the cache
+    # budget is the chunked step with the chunk it picks; an automatic α (which would need a
+    # second draw) or a mesh keeps all candidates at once.
+    params, x, y, mle_loss, error_rate = _mlp_problem()
+    guide = jax.grad(mle_loss)(params, x, y)
+    per_candidate = 4 * sum(p.size for p in jax.tree.leaves(params))
+    monkeypatch.setattr(mls.transform, "_CPU_CHUNK_BYTES", 3 * per_candidate)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    kwargs = dict(num_candidates=12, sigma=0.3, temperature=temperature, antithetic=antithetic)
+    if mesh:
+        kwargs["mesh"] = jax.make_mesh((1,), ("candidates",))
+
+    def run(**more):
+        out = _step(mls.mgs(**kwargs, **more), guide, params, error_rate, x=x, y=y)
+        return optax.tree.unwrap_random_key_data(out)
+
+    def loops(**more):
+        tx = mls.mgs(**kwargs, **more)
+        step = lambda u, s: tx.update(u, s, params, task_loss_fn=error_rate, x=x, y=y)
+        return str(jax.make_jaxpr(step)(guide, tx.init(params))).count("scan[")
+
+    default = run()
+    chunked = run(chunk_size=2)  # the largest power of two that fits 3 candidates
+    at_once = run(chunk_size=12)
+    if temperature == "auto" or mesh:
+        chex.assert_trees_all_equal(default, at_once)
+        assert loops() == loops(chunk_size=12)
+    else:
+        chex.assert_trees_all_equal(default, chunked)
+        chex.assert_trees_all_close(default, at_once, atol=1e-6)
+        assert loops() == loops(chunk_size=2) > loops(chunk_size=12)
+
+
 def _loop_body_instructions(hlo: str) -> list[list[tuple[str, str]]]:
     """(opcode, instruction) pairs of each while-loop body of compiled HLO text, with those of
     the fusions and calls it makes."""
@@ -764,13 +820,15 @@ def test_chunk_size_bounds_temporary_memory():
         return step.lower(params, state, params).compile().memory_analysis().temp_size_in_bytes
 
     copy = 4 * dim  # bytes of one float32 copy of the parameters
-    by_chunk = {c: temp_bytes(64, c) for c in (1, 8, None)}
+    by_chunk = {c: temp_bytes(64, c) for c in (1, 8, 64)}
     # Memory grows with the chunk: about c candidates are live (a few copies each), while the
     # unchunked step keeps all 64 perturbations (4 copies each with one vmap, at this size).
-    assert by_chunk[1] < by_chunk[8] < by_chunk[None]
+    assert by_chunk[1] < by_chunk[8] < by_chunk[64]
     assert by_chunk[1] <= 10 * copy
     assert by_chunk[8] <= 8 * 6 * copy
-    assert by_chunk[None] >= 64 * 3 * copy
+    assert by_chunk[64] >= 64 * 3 * copy
+    # Without chunk_size, n · d · 4 bytes above 4 MiB on CPU go in cache-sized chunks (here 8).
+    assert temp_bytes(64, None) == by_chunk[8]
     # It does not grow with n at a fixed chunk size: only the (n,) scalars are added.
     assert temp_bytes(256, 8) <= by_chunk[8] + 64 * 256
 
@@ -805,9 +863,9 @@ def test_auto_chunk_size_bounds_temporary_memory_like_an_explicit_chunk():
         step = jax.jit(lambda u, s, p: tx.update(u, s, p, task_loss_fn=lambda q: jnp.sum(q**2)))
         return step.lower(params, tx.init(params), params).compile().memory_analysis()
 
-    auto = temp_bytes(chunk_size="auto", memory_budget=8 * 4 * dim).temp_size_in_bytes
-    assert auto == temp_bytes(chunk_size=8).temp_size_in_bytes
-    assert auto < temp_bytes().temp_size_in_bytes / 4
+    auto = temp_bytes(chunk_size="auto", memory_budget=4 * 4 * dim).temp_size_in_bytes
+    assert auto == temp_bytes(chunk_size=4).temp_size_in_bytes
+    assert auto < temp_bytes(chunk_size=64).temp_size_in_bytes / 4
 
 
 # Bad input.
