@@ -23,6 +23,8 @@ References:
   SIGGRAPH 1995 (the balance heuristic for stratified mixtures).
   [4] Milakov & Gimelshein, *Online normalizer calculation for softmax*, arXiv 1805.02867, 2018
   (merging softmaxes over chunks, for the weighted mean of chunked candidates).
+  [5] Salmon, Moraes, Dror & Shaw, *Parallel random numbers: as easy as 1, 2, 3*, SC 2011
+  (the threefry-2x32 counter-based generator that jax's default keys use).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 WEIGHTINGS = ("importance", "tilted", "uniform")
 NOISE_SCALES = ("absolute", "relative")
@@ -109,6 +112,102 @@ def proposal_scales(guide: chex.ArrayTree, sigma: chex.Numeric, noise: str = "ab
     return jax.tree.map(relative, guide)
 
 
+# The threefry-2x32 rotations, in the two alternating groups of four rounds [5].
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+# On CPU, draws of at least this many normals from a threefry key take their bits from
+# `_threefry_words` rather than from jax's lowering of the hash, which XLA:CPU runs as a rolled
+# loop of five passes over the draw. The normals are the same, bit for bit. In
+# `benchmarks/draws.py`, `speed.py`'s MLP steps at d = 10⁶ took 0.69-0.85 of their time with it
+# (n = 16 and 32: the default step, all at once, antithetic, with_mgs). Below, where many short
+# draws are vmapped, it was not a gain in scratch runs: 1.00-1.25 of the step's time at
+# d = 10⁴, n = 32 and d = 10⁵, n = 16.
+_UNROLLED_THREEFRY_MIN_LENGTH = 2**18
+
+
+def _threefry_words(key_words: jax.Array, length: int, offset: jax.Array) -> jax.Array:
+    """Words ``offset .. offset + length - 1`` of ``jax.random.bits(key, ...)``, threefry keys.
+
+    The bits of jax's partitionable threefry (``jax_threefry_partitionable``, jax's default):
+    counter i goes through threefry-2x32 [5] as the pair (0, i), and the two output words are
+    xor-ed. Written out, the 20 rounds fuse into one elementwise pass.
+
+    Args:
+      key_words: uint32[2], the key's data (``jax.random.key_data``).
+      length: how many words.
+      offset: uint32 scalar, the first counter; offset + length must stay below 2³².
+
+    Returns:
+      uint32[length].
+    """
+    k0, k1 = key_words[0], key_words[1]
+    keys = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+
+    def rotate_left(x: jax.Array, bits: int) -> jax.Array:
+        left = jax.lax.shift_left(x, jnp.uint32(bits))
+        return left | jax.lax.shift_right_logical(x, jnp.uint32(32 - bits))
+
+    x0 = jnp.zeros((length,), jnp.uint32) + keys[0]
+    x1 = jax.lax.iota(jnp.uint32, length) + offset + keys[1]
+    for step in range(5):
+        for bits in _THREEFRY_ROTATIONS[step % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ rotate_left(x1, bits)
+        x0 = x0 + keys[(step + 1) % 3]
+        x1 = x1 + keys[(step + 2) % 3] + jnp.uint32(step + 1)
+    return x0 ^ x1
+
+
+def _threefry_key_words(key: jax.Array, length: int) -> jax.Array | None:
+    """The key's uint32[2] data where `_threefry_words` should make the draw, else None."""
+    if (
+        jax.default_backend() != "cpu"
+        or not jax.config.jax_threefry_partitionable
+        or not _UNROLLED_THREEFRY_MIN_LENGTH <= length < 2**32
+        or length % 2
+    ):
+        return None
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
+            return None
+        return jax.random.key_data(key)
+    if key.shape != (2,) or jax.config.jax_default_prng_impl != "threefry2x32":
+        return None
+    return key.astype(jnp.uint32)
+
+
+def _standard_normal(key: jax.Array, length: int) -> jax.Array:
+    """``jax.random.normal(key, (length,), jnp.float32)``, bit for bit; faster for long CPU draws.
+
+    Where `_threefry_key_words` allows it (CPU, a threefry key, an even length of at least
+    ``_UNROLLED_THREEFRY_MIN_LENGTH``), the bits come from `_threefry_words` in two halves, one
+    after the other in a loop: in one piece, XLA fused the written-out hash into every consumer
+    of the draw (each leaf's slice, the log q terms) and computed it again in each. The bits
+    become normals as ``jax.random.normal`` makes them: a uniform on (-1, 1) from their top 23
+    bits, then √2 · erf⁻¹.
+
+    Args:
+      key: a typed key or a raw ``PRNGKey``.
+      length: how many normals.
+
+    Returns:
+      float32[length].
+    """
+    key_words = _threefry_key_words(key, length)
+    if key_words is None:
+        return jax.random.normal(key, (length,), jnp.float32)
+    half = length // 2
+    words = jax.lax.map(
+        lambda part: _threefry_words(key_words, half, part * jnp.uint32(half)),
+        jnp.arange(2, dtype=jnp.uint32),
+    ).reshape(length)
+    one = jnp.uint32(0x3F800000)  # 1.0f: the top 23 bits become a mantissa in [1, 2).
+    mantissa = jax.lax.shift_right_logical(words, jnp.uint32(9)) | one
+    floats = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
+    low = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    uniform = jax.lax.max(low, floats * (np.float32(1.0) - low) + low)
+    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(uniform)
+
+
 def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree) -> Any:
     """Float32 standard normal noise shaped like ``tree``, from one draw for all leaves.
 
@@ -123,7 +222,7 @@ def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree) -> Any:
     leaves, treedef = jax.tree.flatten(tree)
     sizes = [math.prod(jnp.shape(leaf)) for leaf in leaves]
     total = sum(sizes)
-    flat = jax.random.normal(key, (total + total % 2,), jnp.float32)
+    flat = _standard_normal(key, total + total % 2)
     offsets = list(itertools.accumulate(sizes, initial=0))[:-1]
     parts = [
         jax.lax.slice_in_dim(flat, start, start + size).reshape(jnp.shape(leaf))

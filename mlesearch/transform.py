@@ -319,7 +319,7 @@ def auto_chunk_size(num_candidates: int, params: Any, memory_budget: int) -> int
 # that fits (at least 1, and 2 for antithetic pairs), folding each chunk into the weighted mean as
 # it is evaluated: a chunk's candidates then stay in cache from their draw through their loss to
 # the sum, instead of streaming n · d floats from memory at each stage. In
-# `benchmarks/speed.py`'s MLP and LM steps this took 0.63-0.79 of the all-at-once step's time
+# `benchmarks/speed.py`'s MLP and LM steps this took 0.52-0.79 of the all-at-once step's time
 # (a/a_all; d = 10⁵ with n = 16 and 32, d = 10⁶ with n = 4 to 32, the LM with n = 16 and 32);
 # below it, chunks gained nothing in scratch runs (d = 10⁴, n = 32; d = 10⁵, n = 4). With
 # temperature="auto" the chunks are drawn twice (α needs every loss before any weight), and in a
@@ -703,7 +703,7 @@ def mgs(
     candidate at a time: from d = 2¹⁸ and n · d = 2²¹, bit for bit the same candidates). Without
     ``chunk_size`` that is also the step on accelerators, with ``temperature="auto"`` and with
     ``mesh``; on CPU with a fixed α, a step whose n perturbations exceed 4 MiB goes in chunks of
-    the largest power of two that fits in 4 MiB, which keeps each chunk in cache and took 0.63 to
+    the largest power of two that fits in 4 MiB, which keeps each chunk in cache and took 0.52 to
     0.79 of the all-at-once step's time in ``benchmarks/speed.py`` (d = 10⁵ to 10⁶ and the LM).
     The update is the same up to the order of floating-point sums.
 

@@ -22,7 +22,7 @@ def run_benchmark(run_python):
     return run
 
 
-@pytest.mark.parametrize("script", ["devices.py", "chunked.py"])
+@pytest.mark.parametrize("script", ["devices.py", "chunked.py", "draws.py"])
 def test_benchmark_smoke_run(run_benchmark, script):
     run_benchmark(script)
 

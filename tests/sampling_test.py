@@ -376,6 +376,69 @@ def test_noise_is_one_flat_draw_whatever_the_parity_of_its_length(shapes):
     chex.assert_trees_all_equal(flat, jax.random.normal(key, (total,), jnp.float32))
 
 
+_KEYS = {
+    "typed": lambda: jax.random.key(11),
+    "raw": lambda: jax.random.PRNGKey(11),
+    "folded": lambda: jax.random.fold_in(jax.random.key(3), 7),
+}
+
+
+@pytest.fixture
+def short_unrolled_draws(monkeypatch):
+    """Long-draw path of `sampling._standard_normal` from 4 normals on, as on a CPU."""
+    monkeypatch.setattr(mls.sampling, "_UNROLLED_THREEFRY_MIN_LENGTH", 4)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("key_kind", sorted(_KEYS))
+@pytest.mark.parametrize("length", [4, 6, 998, 10_000])
+def test_written_out_threefry_draws_jax_normals_bit_for_bit(
+    short_unrolled_draws, key_kind, length, jit
+):
+    key = _KEYS[key_kind]()
+    assert mls.sampling._threefry_key_words(key, length) is not None  # the path under test.
+    draw = mls.sampling._standard_normal
+    if jit:
+        draw = jax.jit(draw, static_argnums=1)
+    chex.assert_trees_all_equal(draw(key, length), jax.random.normal(key, (length,)))
+
+
+def test_written_out_threefry_matches_under_vmap_and_in_a_loop(short_unrolled_draws):
+    keys = jax.random.split(jax.random.key(2), 5)
+    expected = jax.vmap(lambda k: jax.random.normal(k, (1000,)))(keys)
+    by_vmap = jax.jit(jax.vmap(lambda k: mls.sampling._standard_normal(k, 1000)))(keys)
+    in_a_loop = jax.jit(
+        lambda ks: jax.lax.map(lambda k: mls.sampling._standard_normal(k, 1000), ks)
+    )
+    chex.assert_trees_all_equal(by_vmap, expected)
+    chex.assert_trees_all_equal(in_a_loop(keys), expected)
+
+
+@pytest.mark.parametrize(
+    ("key", "length", "partitionable"),
+    [
+        (lambda: jax.random.key(0, impl="rbg"), 1000, True),  # not threefry
+        (lambda: jax.random.key(0), 999, True),  # odd length
+        (lambda: jax.random.key(0), 2, True),  # below the threshold
+        (lambda: jax.random.key(0), 1000, False),  # jax's other threefry stream
+    ],
+)
+def test_other_draws_go_through_jax_random_normal(short_unrolled_draws, key, length, partitionable):
+    key = key()
+    with jax.threefry_partitionable(partitionable):
+        assert mls.sampling._threefry_key_words(key, length) is None
+        chex.assert_trees_all_equal(
+            mls.sampling._standard_normal(key, length), jax.random.normal(key, (length,))
+        )
+
+
+def test_long_draws_are_not_written_out_off_cpu(monkeypatch):
+    monkeypatch.setattr(mls.sampling, "_UNROLLED_THREEFRY_MIN_LENGTH", 4)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert mls.sampling._threefry_key_words(jax.random.key(0), 1000) is None
+
+
 def _fold_in_chunks(losses, log_q, deltas, temperature, weighting, chunks):
     running = mls.sampling.init_running_weighted_mean(jax.tree.map(lambda d: d[0], deltas))
     for chunk in chunks:

@@ -291,6 +291,26 @@ def test_default_step_on_cpu_goes_in_cache_sized_chunks(monkeypatch, temperature
         assert loops() == loops(chunk_size=2) > loops(chunk_size=12)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"chunk_size": 3}, {"antithetic": True}, {"temperature": "auto", "chunk_size": 4}],
+)
+def test_written_out_threefry_leaves_the_step_unchanged(monkeypatch, kwargs):
+    # Long CPU draws take their bits from sampling._threefry_words: the same candidates as
+    # jax.random.normal's (bit for bit, tests/sampling_test.py), so the same step up to the
+    # order of floating-point sums (XLA fuses the two programs differently).
+    params, x, y, mle_loss, error_rate = _mlp_problem()
+    guide = jax.grad(mle_loss)(params, x, y)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+
+    def run(min_length):
+        monkeypatch.setattr(mls.sampling, "_UNROLLED_THREEFRY_MIN_LENGTH", min_length)
+        tx = mls.mgs(num_candidates=8, sigma=0.3, **kwargs)
+        return _unwrap(_step(tx, guide, params, error_rate, x=x, y=y))
+
+    chex.assert_trees_all_close(run(2), run(2**40), rtol=1e-5, atol=1e-6)
+
+
 def _loop_body_instructions(hlo: str) -> list[list[tuple[str, str]]]:
     """(opcode, instruction) pairs of each while-loop body of compiled HLO text, with those of
     the fusions and calls it makes."""
