@@ -331,11 +331,12 @@ _CPU_CHUNK_BYTES = 2**22
 
 def _cache_chunk_size(num_candidates: int, params: Any, antithetic: bool) -> int:
     """The chunk of a CPU step without chunk_size (`_CPU_CHUNK_BYTES`); n if it needs none."""
-    per_candidate = 4 * sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
-    if jax.default_backend() != "cpu" or num_candidates * per_candidate <= _CPU_CHUNK_BYTES:
+    if jax.default_backend() != "cpu":
         return num_candidates
-    fits = max(1, _CPU_CHUNK_BYTES // max(per_candidate, 1))
-    chunk = 1 << (fits.bit_length() - 1)
+    fits = auto_chunk_size(num_candidates, params, _CPU_CHUNK_BYTES)
+    if fits == num_candidates:
+        return num_candidates
+    chunk = 1 << (fits.bit_length() - 1)  # the largest power of two that fits
     return min(num_candidates, max(chunk, 2 if antithetic else 1))
 
 
