@@ -1,16 +1,18 @@
 """The noise draw on CPU: the written-out threefry against jax's, side by side.
 
-On CPU, `mlesearch.sampling._standard_normal` draws long runs of normals (at least
-``sampling._UNROLLED_THREEFRY_MIN_LENGTH``) from a threefry key with the hash written out
-(`sampling._threefry_words`), where jax's lowering of the hash is a rolled loop of five passes;
-the normals are the same, bit for bit. This times, interleaved, median of the paired
+On CPU, `mlesearch.sampling._standard_normal` draws normals from threefry keys (one key's, or
+all the keys' of a vmap at once) with the hash written out (`sampling._threefry_words`) and
+stores them once for all their consumers, where jax's lowering of the hash is a rolled loop of
+five passes and XLA:CPU recomputes part of erf⁻¹ in each consumer; the normals are the same, bit
+for bit. This times, interleaved, median of the paired
 per-repetition ratios (written out / jax's) with their interquartile range and the load average:
 
-  - ``bits`` and ``normals``: one draw of n x d words or normals, alone;
+  - ``bits`` and ``normals``: one draw of n x d words or normals, alone; ``normals, n keys``:
+    n draws of d normals, one per key, under one vmap (as a step draws its candidates);
   - ``mgs``, ``mgs_all_at_once``, ``mgs_antithetic`` and ``with_mgs``: the steps of
-    ``speed.py`` on its MLP, each compiled twice, with the threshold as it is and with it out of
-    reach (jax's draw). Each pair must give the same update up to the order of floating-point
-    sums, which the script checks.
+    ``speed.py`` on its MLP, each compiled twice, with the written-out draw and with jax's
+    (``sampling._WRITTEN_OUT_DRAWS`` off). Each pair must give the same update up to the order
+    of floating-point sums, which the script checks.
 
 Usage::
 
@@ -36,17 +38,20 @@ from speed import mlp_workload
 import mlesearch as mls
 from mlesearch import sampling
 
-_OUT_OF_REACH = 2**40
-
 
 def _draws(n: int, d: int) -> dict[str, Callable[[], Any]]:
-    """The bits and the normals of one n x d draw, written out (if long enough) and jax's."""
+    """The bits and the normals of one n x d draw, and n draws of d under a vmap over n keys;
+    written out and jax's."""
     key = jax.random.key(0)
     length = n * d + (n * d) % 2
-    words = jax.jit(lambda k: sampling._threefry_words(jax.random.key_data(k), length, 0))
+    words = jax.jit(lambda k: sampling._threefry_words(jax.random.key_data(k), length))
     bits = jax.jit(lambda k: jax.random.bits(k, (length,)))
     normals = jax.jit(lambda k: sampling._standard_normal(k, length))
     jax_normals = jax.jit(lambda k: jax.random.normal(k, (length,)))
+    keys = jax.random.split(key, n)
+    row = d + d % 2
+    rows = jax.jit(jax.vmap(lambda k: sampling._standard_normal(k, row)))
+    jax_rows = jax.jit(jax.vmap(lambda k: jax.random.normal(k, (row,))))
     if not bool(jnp.all(words(key) == bits(key))):
         raise AssertionError("the written-out threefry gave other bits than jax.random.bits")
     return {
@@ -54,6 +59,8 @@ def _draws(n: int, d: int) -> dict[str, Callable[[], Any]]:
         "bits jax": lambda: bits(key),
         "normals": lambda: normals(key),
         "normals jax": lambda: jax_normals(key),
+        "normals, n keys": lambda: rows(keys),
+        "normals, n keys jax": lambda: jax_rows(keys),
     }
 
 
@@ -78,11 +85,10 @@ def _steps(n: int, d: int) -> dict[str, Callable[[], Any]]:
             "with_mgs": mls.with_mgs(optax.adam(1e-3), num_candidates=n, key=0),
         }
 
-    threshold = sampling._UNROLLED_THREEFRY_MIN_LENGTH
     steps, updates = {}, {}
     try:
-        for suffix, min_length in (("", threshold), (" jax", _OUT_OF_REACH)):
-            sampling._UNROLLED_THREEFRY_MIN_LENGTH = min_length  # read when a step is traced
+        for suffix, written_out in (("", True), (" jax", False)):
+            sampling._WRITTEN_OUT_DRAWS = written_out  # read when a step is traced
             for name, tx in transforms().items():
 
                 @jax.jit
@@ -93,11 +99,11 @@ def _steps(n: int, d: int) -> dict[str, Callable[[], Any]]:
 
                 state = tx.init(params)
                 run = lambda step=step, state=state: step(params, state, data)  # noqa: E731
-                warm_up(run)  # compiles, under this threshold
+                warm_up(run)  # compiles, with this draw
                 steps[name + suffix] = run
                 updates[name + suffix] = run()[0]
     finally:
-        sampling._UNROLLED_THREEFRY_MIN_LENGTH = threshold
+        sampling._WRITTEN_OUT_DRAWS = True
     for name in transforms():
         for ours, theirs in zip(
             jax.tree.leaves(updates[name]), jax.tree.leaves(updates[name + " jax"]), strict=True
@@ -115,10 +121,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.d, args.n, args.repeats = [1e3], [4], 2
-        sampling._UNROLLED_THREEFRY_MIN_LENGTH = 2**8  # so that the smoke run takes the path
     print(
         f"backend={jax.default_backend()} jax={jax.__version__} "
-        f"threshold={sampling._UNROLLED_THREEFRY_MIN_LENGTH} normals; "
         f"written out / jax's, median of {args.repeats} paired ratios (IQR)"
     )
     print(f"{'d':>9} {'n':>4}  {'what':<16} {'ratio':>6}  {'IQR':<11} {'jax ms':>9}  load")

@@ -49,6 +49,8 @@ _AUTO_LOG_BRACKET = 25.0
 # bisection steps that refine it inside one grid step (to 0.78 / 2**30).
 _AUTO_GRID_POINTS = 65
 _AUTO_BISECTION_STEPS = 30
+# ESS values within this relative distance of the largest count as tied for it.
+_AUTO_ESS_TIE = 1e-4
 
 
 def component_sizes(num_candidates: int, mix: float) -> tuple[int, int]:
@@ -114,40 +116,41 @@ def proposal_scales(guide: chex.ArrayTree, sigma: chex.Numeric, noise: str = "ab
 
 # The threefry-2x32 rotations, in the two alternating groups of four rounds [5].
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-# On CPU, draws of at least this many normals from a threefry key take their bits from
-# `_threefry_words` rather than from jax's lowering of the hash, which XLA:CPU runs as a rolled
-# loop of five passes over the draw. The normals are the same, bit for bit. In
-# `benchmarks/draws.py`, `speed.py`'s MLP steps at d = 10⁶ took 0.69-0.85 of their time with it
-# (n = 16 and 32: the default step, all at once, antithetic, with_mgs). Below, where many short
-# draws are vmapped, it was not a gain in scratch runs: 1.00-1.25 of the step's time at
-# d = 10⁴, n = 32 and d = 10⁵, n = 16.
-_UNROLLED_THREEFRY_MIN_LENGTH = 2**18
+# On CPU, normals from threefry keys are drawn by `_threefry_normals`, not by
+# ``jax.random.normal``: the same normals, bit for bit, in one parallel pass whose result is
+# stored once. jax lowers the hash as a rolled loop of five passes over the draw, and XLA:CPU
+# recomputes the last part of ``erf⁻¹`` in every consumer of the normals (each leaf's slice, the
+# candidate θ + Δ, the log q terms, the noise kept for the weighted sum). In
+# `benchmarks/draws.py`, `speed.py`'s MLP steps took 0.45-0.90 of their time with jax's draw
+# (d = 10⁴ to 10⁶, n = 16 and 32); in scratch runs, steps at d = 10² to 3 · 10³ took 0.58-0.91,
+# so there is no threshold. Tests and `benchmarks/draws.py` turn it off to compare.
+_WRITTEN_OUT_DRAWS = True
 
 
-def _threefry_words(key_words: jax.Array, length: int, offset: jax.Array) -> jax.Array:
-    """Words ``offset .. offset + length - 1`` of ``jax.random.bits(key, ...)``, threefry keys.
+def _threefry_words(key_words: jax.Array, length: int) -> jax.Array:
+    """``jax.random.bits(key, (length,))`` for each threefry key, written out.
 
     The bits of jax's partitionable threefry (``jax_threefry_partitionable``, jax's default):
     counter i goes through threefry-2x32 [5] as the pair (0, i), and the two output words are
     xor-ed. Written out, the 20 rounds fuse into one elementwise pass.
 
     Args:
-      key_words: uint32[2], the key's data (``jax.random.key_data``).
-      length: how many words.
-      offset: uint32 scalar, the first counter; offset + length must stay below 2³².
+      key_words: uint32[..., 2], the keys' data (``jax.random.key_data``).
+      length: how many words per key, below 2³².
 
     Returns:
-      uint32[length].
+      uint32[..., length].
     """
-    k0, k1 = key_words[0], key_words[1]
+    k0, k1 = key_words[..., 0:1], key_words[..., 1:2]
     keys = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
 
     def rotate_left(x: jax.Array, bits: int) -> jax.Array:
         left = jax.lax.shift_left(x, jnp.uint32(bits))
         return left | jax.lax.shift_right_logical(x, jnp.uint32(32 - bits))
 
-    x0 = jnp.zeros((length,), jnp.uint32) + keys[0]
-    x1 = jax.lax.iota(jnp.uint32, length) + offset + keys[1]
+    shape = (*key_words.shape[:-1], length)
+    x0 = jnp.zeros(shape, jnp.uint32) + keys[0]
+    x1 = jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1) + keys[1]
     for step in range(5):
         for bits in _THREEFRY_ROTATIONS[step % 2]:
             x0 = x0 + x1
@@ -157,12 +160,56 @@ def _threefry_words(key_words: jax.Array, length: int, offset: jax.Array) -> jax
     return x0 ^ x1
 
 
+def _normals_from_bits(words: jax.Array) -> jax.Array:
+    """Float32 normals from uint32 words, as ``jax.random.normal`` makes them.
+
+    A uniform on (-1, 1) from the top 23 bits of each word, then √2 · erf⁻¹.
+    """
+    one = jnp.uint32(0x3F800000)  # 1.0f: the top 23 bits become a mantissa in [1, 2).
+    mantissa = jax.lax.shift_right_logical(words, jnp.uint32(9)) | one
+    floats = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
+    low = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    uniform = jax.lax.max(low, floats * (np.float32(1.0) - low) + low)
+    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(uniform)
+
+
+def _threefry_normals(key_words: jax.Array, length: int) -> jax.Array:
+    """``jax.random.normal(key, (length,))`` for each of m threefry keys, bit for bit.
+
+    The bits come from `_threefry_words`, and the normals are made inside a ``jax.lax.cond`` on
+    a predicate that always holds but that the compiler cannot see through: the branch is one
+    parallel elementwise pass, and its result is stored once for all the consumers of the
+    normals. Without the cond, XLA fused the draw into every consumer and computed it again in
+    each.
+
+    Args:
+      key_words: uint32[m, 2], the keys' data.
+      length: normals per key.
+
+    Returns:
+      float32[m, length].
+    """
+    count = key_words.shape[0]
+    always = jnp.all((key_words[:, 0] | jnp.uint32(1)) != 0)  # x | 1 is never 0.
+
+    def never(words: jax.Array) -> jax.Array:  # zeros with the draw's type (and sharding).
+        return jnp.broadcast_to(jnp.zeros_like(words[:, :1], jnp.float32), (count, length))
+
+    return jax.lax.cond(
+        always, lambda words: _normals_from_bits(_threefry_words(words, length)), never, key_words
+    )
+
+
 def _threefry_key_words(key: jax.Array, length: int) -> jax.Array | None:
-    """The key's uint32[2] data where `_threefry_words` should make the draw, else None."""
+    """The key's uint32[2] data where `_threefry_normals` makes the draw, else None.
+
+    On CPU, for a threefry key with jax's partitionable stream and an even length below 2³².
+    """
     if (
-        jax.default_backend() != "cpu"
+        not _WRITTEN_OUT_DRAWS
+        or jax.default_backend() != "cpu"
         or not jax.config.jax_threefry_partitionable
-        or not _UNROLLED_THREEFRY_MIN_LENGTH <= length < 2**32
+        or not 0 < length < 2**32
         or length % 2
     ):
         return None
@@ -176,14 +223,12 @@ def _threefry_key_words(key: jax.Array, length: int) -> jax.Array | None:
 
 
 def _standard_normal(key: jax.Array, length: int) -> jax.Array:
-    """``jax.random.normal(key, (length,), jnp.float32)``, bit for bit; faster for long CPU draws.
+    """``jax.random.normal(key, (length,), jnp.float32)``, bit for bit; faster on CPU.
 
-    Where `_threefry_key_words` allows it (CPU, a threefry key, an even length of at least
-    ``_UNROLLED_THREEFRY_MIN_LENGTH``), the bits come from `_threefry_words` in two halves, one
-    after the other in a loop: in one piece, XLA fused the written-out hash into every consumer
-    of the draw (each leaf's slice, the log q terms) and computed it again in each. The bits
-    become normals as ``jax.random.normal`` makes them: a uniform on (-1, 1) from their top 23
-    bits, then √2 · erf⁻¹.
+    Where `_threefry_key_words` allows it (CPU, a threefry key, an even length), the draw goes
+    through `_threefry_normals`. Under ``jax.vmap`` over keys, it draws for all the keys at once
+    (a custom batching rule), so that the normals of all of them are stored once: a batched
+    predicate would turn the cond into a select, which XLA fuses into the consumers again.
 
     Args:
       key: a typed key or a raw ``PRNGKey``.
@@ -195,17 +240,20 @@ def _standard_normal(key: jax.Array, length: int) -> jax.Array:
     key_words = _threefry_key_words(key, length)
     if key_words is None:
         return jax.random.normal(key, (length,), jnp.float32)
-    half = length // 2
-    words = jax.lax.map(
-        lambda part: _threefry_words(key_words, half, part * jnp.uint32(half)),
-        jnp.arange(2, dtype=jnp.uint32),
-    ).reshape(length)
-    one = jnp.uint32(0x3F800000)  # 1.0f: the top 23 bits become a mantissa in [1, 2).
-    mantissa = jax.lax.shift_right_logical(words, jnp.uint32(9)) | one
-    floats = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
-    low = np.nextafter(np.float32(-1.0), np.float32(0.0))
-    uniform = jax.lax.max(low, floats * (np.float32(1.0) - low) + low)
-    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(uniform)
+
+    @jax.custom_batching.custom_vmap
+    def draw(words: jax.Array) -> jax.Array:
+        return _threefry_normals(words[None], length)[0]
+
+    @draw.def_vmap
+    def draw_for_each(
+        axis_size: int, in_batched: list[bool], words: jax.Array
+    ) -> tuple[jax.Array, bool]:
+        if not in_batched[0]:
+            words = jnp.broadcast_to(words, (axis_size, *words.shape))
+        return _threefry_normals(words, length), True
+
+    return draw(key_words)
 
 
 def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree) -> Any:
@@ -816,7 +864,8 @@ def auto_temperature(
     dimension puts almost all weight on one candidate whatever its loss. So α is the first
     crossing of the target from below: a grid of α from small to large finds the first grid point
     whose ESS reaches the target, and bisection between it and the point before refines it.
-    Where no grid point reaches the target, α is the grid point of the largest ESS. When fewer
+    Where no grid point reaches the target, α is the smallest grid point whose ESS is within a
+    relative 10⁻⁴ of the largest (on a plateau of the ESS, the most loss-driven). When fewer
     than two distinct finite losses exist, α does not change the weights, and ``fallback`` is
     returned. Jit-compatible: no Python branch on traced values.
 
@@ -866,7 +915,11 @@ def auto_temperature(
     )
     # Reached at the smallest α already: keep it, the most loss-driven choice of the bracket.
     log_alpha = jnp.where(first > 0, high, grid[0])
-    log_alpha = jnp.where(jnp.any(reached), log_alpha, grid[jnp.argmax(grid_ess)])
+    # Short of the target, the smallest α within a relative _AUTO_ESS_TIE of the largest ESS: on
+    # a plateau of the ESS (importance weights tending to 1/q), its argmax would be decided by
+    # float rounding, and differ between programs that sum in another order (chunk sizes).
+    near_best = grid_ess >= jnp.max(grid_ess) * (1.0 - _AUTO_ESS_TIE)
+    log_alpha = jnp.where(jnp.any(reached), log_alpha, grid[jnp.argmax(near_best)])
     finfo = jnp.finfo(jnp.float32)
     alpha = jnp.clip(spread * jnp.exp(log_alpha), finfo.tiny, finfo.max)
     return jnp.where(informative, alpha, jnp.asarray(fallback, jnp.float32))

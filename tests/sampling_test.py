@@ -264,6 +264,24 @@ def test_auto_temperature_counts_only_the_usable_candidates():
     assert weights[0] > weights[3]
 
 
+def test_auto_temperature_short_of_the_target_is_not_decided_by_rounding():
+    # Importance weights tend to 1/q as α grows: here the ESS climbs to a plateau of 2, short of
+    # the target 3, and stays there over many grid points. Perturbations of log q at the level
+    # of float rounding (as from summing in another order) must not move α along the plateau.
+    losses = jnp.array([0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    log_q = jnp.array([0.0, 0.0, 30.0, 30.0, 30.0, 30.0])
+    choose = jax.jit(mls.auto_temperature)
+    alphas = {
+        float(choose(losses, log_q + 1e-6 * jax.random.normal(jax.random.key(i), (6,))))
+        for i in range(12)
+    }
+    assert len(alphas) == 1, alphas
+    (alpha,) = alphas
+    ess = mls.effective_sample_size(mls.candidate_weights(losses, log_q, alpha, "importance"))
+    np.testing.assert_allclose(ess, 2.0, rtol=1e-3)  # on the plateau...
+    assert alpha < 1e3  # ...where it starts, not far along it.
+
+
 def test_antithetic_relative_noise_on_a_multi_leaf_tree():
     guide = {
         "w": jnp.full((3, 4), 0.5),
@@ -385,8 +403,8 @@ _KEYS = {
 
 @pytest.fixture
 def short_unrolled_draws(monkeypatch):
-    """Long-draw path of `sampling._standard_normal` from 4 normals on, as on a CPU."""
-    monkeypatch.setattr(mls.sampling, "_UNROLLED_THREEFRY_MIN_LENGTH", 4)
+    """Written-out draws (`sampling._threefry_normals`), as on a CPU."""
+    monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", True)
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
 
 
@@ -404,15 +422,56 @@ def test_written_out_threefry_draws_jax_normals_bit_for_bit(
     chex.assert_trees_all_equal(draw(key, length), jax.random.normal(key, (length,)))
 
 
-def test_written_out_threefry_matches_under_vmap_and_in_a_loop(short_unrolled_draws):
-    keys = jax.random.split(jax.random.key(2), 5)
+@pytest.mark.parametrize("written_out", [True, False])
+def test_written_out_threefry_matches_under_vmap_and_in_a_loop(monkeypatch, written_out):
+    monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", written_out)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    keys = jax.random.split(jax.random.key(2), 6)
     expected = jax.vmap(lambda k: jax.random.normal(k, (1000,)))(keys)
-    by_vmap = jax.jit(jax.vmap(lambda k: mls.sampling._standard_normal(k, 1000)))(keys)
-    in_a_loop = jax.jit(
-        lambda ks: jax.lax.map(lambda k: mls.sampling._standard_normal(k, 1000), ks)
-    )
-    chex.assert_trees_all_equal(by_vmap, expected)
-    chex.assert_trees_all_equal(in_a_loop(keys), expected)
+
+    def draw(k):
+        return mls.sampling._standard_normal(k, 1000)
+
+    by_vmap = jax.jit(jax.vmap(draw))(keys)
+    in_a_loop = jax.jit(lambda ks: jax.lax.map(draw, ks))(keys)
+    nested = jax.jit(jax.vmap(jax.vmap(draw)))(keys.reshape(2, 3)).reshape(6, 1000)
+    raw_keys = jax.vmap(jax.random.key_data)(keys)
+    by_vmap_raw = jax.jit(jax.vmap(draw))(raw_keys)
+    for got in (by_vmap, in_a_loop, nested, by_vmap_raw):
+        chex.assert_trees_all_equal(got, expected)
+
+
+@pytest.mark.parametrize("num_keys", [1, 4])
+@pytest.mark.parametrize("written_out", [True, False])
+def test_written_out_draws_are_made_once_for_all_the_keys_of_a_vmap(
+    monkeypatch, num_keys, written_out
+):
+    # Written out, the normals come from one cond (for one key, or for all the keys of a vmap,
+    # whose normals are then stored once); otherwise from jax's random_bits.
+    monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", written_out)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    keys = jax.random.split(jax.random.key(0), num_keys)
+
+    def draw(ks):
+        if num_keys == 1:
+            return mls.sampling._standard_normal(ks[0], 16)[None]
+        return jax.vmap(lambda k: mls.sampling._standard_normal(k, 16))(ks)
+
+    jaxpr = str(jax.make_jaxpr(draw)(keys))  # with every sub-jaxpr, inline.
+    assert jaxpr.count("cond[") == written_out
+    assert ("random_bits[" in jaxpr) != written_out
+    chex.assert_trees_all_equal(draw(keys), jax.vmap(lambda k: jax.random.normal(k, (16,)))(keys))
+
+
+def test_written_out_draws_can_be_differentiated_through(short_unrolled_draws):
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    def loss(x, draw):
+        return jnp.sum(jax.vmap(lambda k: x * draw(k, 100))(keys))
+
+    expected = jax.grad(loss)(2.0, lambda k, n: jax.random.normal(k, (n,)))
+    got = jax.jit(jax.grad(loss), static_argnums=1)(2.0, mls.sampling._standard_normal)
+    chex.assert_trees_all_close(got, expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -420,7 +479,6 @@ def test_written_out_threefry_matches_under_vmap_and_in_a_loop(short_unrolled_dr
     [
         (lambda: jax.random.key(0, impl="rbg"), 1000, True),  # not threefry
         (lambda: jax.random.key(0), 999, True),  # odd length
-        (lambda: jax.random.key(0), 2, True),  # below the threshold
         (lambda: jax.random.key(0), 1000, False),  # jax's other threefry stream
     ],
 )
@@ -433,8 +491,7 @@ def test_other_draws_go_through_jax_random_normal(short_unrolled_draws, key, len
         )
 
 
-def test_long_draws_are_not_written_out_off_cpu(monkeypatch):
-    monkeypatch.setattr(mls.sampling, "_UNROLLED_THREEFRY_MIN_LENGTH", 4)
+def test_draws_are_not_written_out_off_cpu(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert mls.sampling._threefry_key_words(jax.random.key(0), 1000) is None
 

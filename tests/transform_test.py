@@ -296,19 +296,19 @@ def test_default_step_on_cpu_goes_in_cache_sized_chunks(monkeypatch, temperature
     [{}, {"chunk_size": 3}, {"antithetic": True}, {"temperature": "auto", "chunk_size": 4}],
 )
 def test_written_out_threefry_leaves_the_step_unchanged(monkeypatch, kwargs):
-    # Long CPU draws take their bits from sampling._threefry_words: the same candidates as
+    # CPU draws are written out (sampling._threefry_normals): the same candidates as
     # jax.random.normal's (bit for bit, tests/sampling_test.py), so the same step up to the
     # order of floating-point sums (XLA fuses the two programs differently).
     params, x, y, mle_loss, error_rate = _mlp_problem()
     guide = jax.grad(mle_loss)(params, x, y)
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
 
-    def run(min_length):
-        monkeypatch.setattr(mls.sampling, "_UNROLLED_THREEFRY_MIN_LENGTH", min_length)
+    def run(written_out):
+        monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", written_out)
         tx = mls.mgs(num_candidates=8, sigma=0.3, **kwargs)
         return _unwrap(_step(tx, guide, params, error_rate, x=x, y=y))
 
-    chex.assert_trees_all_close(run(2), run(2**40), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(run(True), run(False), rtol=1e-5, atol=1e-6)
 
 
 def _loop_body_instructions(hlo: str) -> list[list[tuple[str, str]]]:
@@ -573,11 +573,15 @@ def test_antithetic_relative_importance_step_on_a_multi_leaf_tree(chunk_size):
 
 
 def _random_bits_drawn(jaxpr) -> int:
-    """Entries of every random_bits in a jaxpr and its sub-jaxprs (loop bodies counted once)."""
+    """Random words drawn in a jaxpr and its sub-jaxprs (loop bodies counted once): the entries
+    of every random_bits, and of every written-out draw (`sampling._threefry_normals`, a cond
+    that makes normals)."""
     total = 0
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "random_bits":
+        written_out = eqn.primitive.name == "cond" and "erf_inv" in str(eqn.params["branches"])
+        if eqn.primitive.name == "random_bits" or written_out:
             total += sum(int(np.prod(v.aval.shape)) for v in eqn.outvars)
+            continue
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
                 if isinstance(sub, jax.extend.core.ClosedJaxpr):
@@ -587,8 +591,10 @@ def _random_bits_drawn(jaxpr) -> int:
     return total
 
 
+@pytest.mark.parametrize("written_out", [True, False])
 @pytest.mark.parametrize("chunk_size", [None, 4])
-def test_antithetic_pairs_draw_their_noise_once(chunk_size):
+def test_antithetic_pairs_draw_their_noise_once(monkeypatch, chunk_size, written_out):
+    monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", written_out)
     params = {"w": jnp.ones((3, 5)), "b": jnp.zeros(5)}
 
     def bits(antithetic):
