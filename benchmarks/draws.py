@@ -4,8 +4,8 @@ On CPU, `mlesearch.sampling._standard_normal` draws normals from threefry keys (
 all the keys' of a vmap at once) with the hash written out (`sampling._threefry_words`) and
 stores them once for all their consumers, where jax's lowering of the hash is a rolled loop of
 five passes and XLA:CPU recomputes part of erf⁻¹ in each consumer; the normals are the same, bit
-for bit. This times, interleaved, median of the paired
-per-repetition ratios (written out / jax's) with their interquartile range and the load average:
+for bit. This times, interleaved, median of the paired per-repetition ratios (written out /
+jax's) with their interquartile range and the load average:
 
   - ``bits`` and ``normals``: one draw of n x d words or normals, alone; ``normals, n keys``:
     n draws of d normals, one per key, under one vmap (as a step draws its candidates);

@@ -249,8 +249,7 @@ def _standard_normal(key: jax.Array, length: int) -> jax.Array:
     def draw_for_each(
         axis_size: int, in_batched: list[bool], words: jax.Array
     ) -> tuple[jax.Array, bool]:
-        if not in_batched[0]:
-            words = jnp.broadcast_to(words, (axis_size, *words.shape))
+        del axis_size, in_batched  # one argument: the rule only runs when it is batched.
         return _threefry_normals(words, length), True
 
     return draw(key_words)

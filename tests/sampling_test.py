@@ -402,7 +402,7 @@ _KEYS = {
 
 
 @pytest.fixture
-def short_unrolled_draws(monkeypatch):
+def written_out_draws_on_cpu(monkeypatch):
     """Written-out draws (`sampling._threefry_normals`), as on a CPU."""
     monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", True)
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
@@ -412,7 +412,7 @@ def short_unrolled_draws(monkeypatch):
 @pytest.mark.parametrize("key_kind", sorted(_KEYS))
 @pytest.mark.parametrize("length", [4, 6, 998, 10_000])
 def test_written_out_threefry_draws_jax_normals_bit_for_bit(
-    short_unrolled_draws, key_kind, length, jit
+    written_out_draws_on_cpu, key_kind, length, jit
 ):
     key = _KEYS[key_kind]()
     assert mls.sampling._threefry_key_words(key, length) is not None  # the path under test.
@@ -463,7 +463,7 @@ def test_written_out_draws_are_made_once_for_all_the_keys_of_a_vmap(
     chex.assert_trees_all_equal(draw(keys), jax.vmap(lambda k: jax.random.normal(k, (16,)))(keys))
 
 
-def test_written_out_draws_can_be_differentiated_through(short_unrolled_draws):
+def test_written_out_draws_can_be_differentiated_through(written_out_draws_on_cpu):
     keys = jax.random.split(jax.random.key(0), 3)
 
     def loss(x, draw):
@@ -482,7 +482,9 @@ def test_written_out_draws_can_be_differentiated_through(short_unrolled_draws):
         (lambda: jax.random.key(0), 1000, False),  # jax's other threefry stream
     ],
 )
-def test_other_draws_go_through_jax_random_normal(short_unrolled_draws, key, length, partitionable):
+def test_other_draws_go_through_jax_random_normal(
+    written_out_draws_on_cpu, key, length, partitionable
+):
     key = key()
     with jax.threefry_partitionable(partitionable):
         assert mls.sampling._threefry_key_words(key, length) is None
