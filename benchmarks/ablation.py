@@ -1,11 +1,18 @@
-"""Ablations of MGS's knobs (n, σ, α, λ, weighting) on one experiment, from one MLE checkpoint.
+"""Ablations of MGS's knobs (n, σ, α, λ, weighting) on one experiment, scored on validation.
 
 Each setting is a set of config overrides applied to the experiment's config. The script runs
 ``method=mgs`` (unless a setting overrides ``method``), and MLE once as the reference row, over
-the given seeds, all from the same pretrained model. It prints one row per setting: the mean ± std
-over seeds of the task's metrics on the test split, the fine-tuning time and, against the MLE
-row, the mean per-seed difference of the primary metric with its 95% t interval and the seeds on
-which the setting was better; it writes the rows as JSON and markdown.
+the given seeds; each seed pretrains its own model (and data split, where the task has one), as
+``mlesearch compare`` does. It prints one row per setting: the mean ± std over seeds of the
+task's metrics on the **validation** split (at each run's selected checkpoint), the fine-tuning
+time and, against the MLE row, the mean per-seed difference of the primary metric with its 95%
+t interval and the seeds on which the setting was better; it writes the rows as JSON and
+markdown.
+
+Settings are chosen here, so the test split stays out of it: ``--split test`` scores the test
+split instead, for a final row that was chosen beforehand. The seeds start at ``--first-seed``
+(100), away from the seeds that ``mlesearch compare`` reports (0, 1, ...), so that the chosen
+setting is confirmed on seeds nobody tuned on.
 
     python benchmarks/ablation.py text_completion --seeds 3 --workdir /tmp/ablation
     python benchmarks/ablation.py digits --seeds 3 --setting "n=8" mgs.num_candidates=8
@@ -69,14 +76,32 @@ def main() -> None:
         help="a setting: its name, then overrides such as mgs.sigma=10 (repeatable)",
     )
     parser.add_argument("--no-mle", action="store_true", help="skip the MLE reference row")
+    parser.add_argument(
+        "--split",
+        choices=("valid", "test"),
+        default="valid",
+        help="the split that scores the settings (default: valid; test only for a final row)",
+    )
+    parser.add_argument("--first-seed", type=int, default=100, help="the first seed (default 100)")
+    parser.add_argument(
+        "--shared-pretraining",
+        action="store_true",
+        help="one pretrained model for every seed (default: one per seed)",
+    )
     args, config_overrides = parser.parse_known_args()  # --config.FIELD=VALUE, for every setting
     grid = {s[0]: s[1:] for s in args.setting} if args.setting else DEFAULT_GRID
 
     base = cli.apply_overrides(cli.load_config(args.config), config_overrides)
     workdir = Path(args.workdir)
-    pretrained_dir = workdir / train.PRETRAINED_DIR
     task = train.get_task(base)
     names = [m.name for m in task.metrics]
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+
+    def scores(result: dict) -> dict:
+        if args.split == "test":
+            return result["test"]
+        return {name: report.validation_score(result, name) for name in names}
+
     rows = []
     all_runs = []
     settings = ([("MLE (reference)", None)] if not args.no_mle else []) + list(grid.items())
@@ -87,17 +112,25 @@ def main() -> None:
         train.check_config(config)
         directory = workdir / label.replace(" ", "_").replace("/", "_")
         results = []
-        for seed in range(args.seeds):
-            config.seed = seed
+        for seed in seeds:
+            seed_config = cli.seed_config(config, seed, args.shared_pretraining)
+            pretrained_dir = workdir / train.PRETRAINED_DIR
+            if not args.shared_pretraining:
+                pretrained_dir = pretrained_dir / f"pretrain_seed_{seed}"
             result = train.run(
-                config, directory, pretrained_dir=pretrained_dir, task=task, progress=False
+                seed_config,
+                directory,
+                pretrained_dir=pretrained_dir,
+                task=train.get_task(seed_config),
+                progress=False,
             )
+            result["scores"] = scores(result)
             results.append(result)
-            all_runs.append({"method": label, "seed": seed, "test": result["test"]})
+            all_runs.append({"method": label, "seed": seed, "test": result["scores"]})
         cells = {}
         for name in [*names, "seconds"]:
             values = np.array(
-                [r["seconds"] if name == "seconds" else r["test"][name] for r in results]
+                [r["seconds"] if name == "seconds" else r["scores"][name] for r in results]
             )
             cells[name] = (
                 float(values.mean()),
@@ -115,7 +148,11 @@ def main() -> None:
         else None
     )
     extra = [f"Δ {primary.name} vs MLE [95% CI]", "better on"] if paired else []
-    header = "| setting | " + " | ".join([*names, "seconds", *extra]) + " |"
+    header = (
+        "| setting | "
+        + " | ".join([*(f"{n} ({args.split})" for n in names), "seconds", *extra])
+        + " |"
+    )
     lines = [header, "|---" * (len(names) + 2 + len(extra)) + "|"]
     for row in rows:
         cells = " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in row["cells"].values())
@@ -130,7 +167,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "ablation.md").write_text(markdown + "\n")
     (workdir / "ablation.json").write_text(
-        json.dumps(dict(config=args.config, rows=rows), indent=1)
+        json.dumps(dict(config=args.config, split=args.split, seeds=seeds, rows=rows), indent=1)
     )
     print(f"wrote {workdir / 'ablation.md'} and {workdir / 'ablation.json'}")
 

@@ -134,6 +134,317 @@ def test_update_baseline_is_an_exponential_moving_average():
 
 
 # ---------------------------------------------------------------------------------------------
+# Group-relative policy gradient (GRPO, RLOO).
+
+GROUP_MASK = jnp.array(
+    [
+        [True, True, True, True],
+        [True, False, True, True],  # one sample left out
+        [False, False, True, False],  # one valid sample: no signal
+        [False, False, False, False],  # none valid
+    ]
+)
+
+
+def _hand_advantages(costs, mask, kind: str, eps: float = 1e-6) -> np.ndarray:
+    """The advantages written out one group at a time, in float64."""
+    costs, mask = np.asarray(costs, np.float64), np.asarray(mask, bool)
+    advantages = np.zeros_like(costs)
+    for row in range(costs.shape[0]):
+        valid = costs[row, mask[row]]
+        if valid.size < 2:
+            continue
+        if kind == "grpo":
+            group = (valid - valid.mean()) / (valid.std() + eps)  # numpy's std is the population's
+        else:
+            group = np.array([c - (valid.sum() - c) / (valid.size - 1) for c in valid])
+        advantages[row, mask[row]] = group
+    return advantages
+
+
+def _random_costs(shape: tuple[int, int] = (4, 4)) -> jax.Array:
+    return jax.random.normal(jax.random.key(0), shape) * 2.0 + 1.0
+
+
+def test_grpo_advantages_have_group_mean_0_and_std_1():
+    advantages = jax.jit(baselines.group_advantages)(_random_costs((5, 8)))
+    chex.assert_shape(advantages, (5, 8))
+    np.testing.assert_allclose(jnp.mean(advantages, axis=-1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(jnp.std(advantages, axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shift, scale", [(jnp.array([[-3.0], [0.0], [10.0], [100.0]]), 1.0), (0.0, 7.5)]
+)
+def test_grpo_advantages_are_invariant_to_shifting_and_scaling_each_groups_costs(shift, scale):
+    costs = _random_costs()
+    advantages = jax.jit(baselines.group_advantages)
+    np.testing.assert_allclose(
+        advantages(scale * costs + shift), advantages(costs), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_grpo_advantages_match_hand_computation_with_population_std():
+    costs = _random_costs()
+    got = jax.jit(lambda c, m: baselines.group_advantages(c, mask=m))(costs, GROUP_MASK)
+    np.testing.assert_allclose(got, _hand_advantages(costs, GROUP_MASK, "grpo"), rtol=1e-5)
+
+
+def test_rloo_advantages_are_cost_minus_mean_of_the_other_valid_samples():
+    costs = jnp.array([[1.0, 2.0, 6.0, 3.0], [4.0, 100.0, 0.0, 2.0]])
+    mask = jnp.array([[True, True, True, True], [True, False, True, True]])
+    got = jax.jit(lambda c, m: baselines.group_advantages(c, mask=m, kind="rloo"))(costs, mask)
+    # Row 0: 1 - 11/3, 2 - 10/3, 6 - 2, 3 - 3; row 1 without 100: 4 - 1, 0 - 3, 2 - 2.
+    expected = [[1 - 11 / 3, 2 - 10 / 3, 4.0, 0.0], [3.0, 0.0, -3.0, 0.0]]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, _hand_advantages(costs, mask, "rloo"), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_masked_samples_and_groups_under_2_valid_samples_get_advantage_0(kind):
+    costs = _random_costs()
+    # What masked entries hold must not matter, not even inf or NaN.
+    poisoned = jnp.where(GROUP_MASK, costs, jnp.array([jnp.nan, jnp.inf, -jnp.inf, 1e30])[None])
+    got = jax.jit(lambda c: baselines.group_advantages(c, mask=GROUP_MASK, kind=kind))(poisoned)
+    np.testing.assert_array_equal(jnp.where(GROUP_MASK, 0.0, got), 0.0)
+    np.testing.assert_array_equal(got[2:], 0.0)
+    # Row 1 is its 3 valid samples on their own.
+    alone = baselines.group_advantages(costs[1:2, jnp.array([0, 2, 3])], kind=kind)
+    np.testing.assert_allclose(got[1, jnp.array([0, 2, 3])], alone[0], rtol=1e-6)
+
+
+def test_group_advantages_of_equal_costs_are_0():
+    advantages = baselines.group_advantages(jnp.full((2, 3), 4.0))
+    np.testing.assert_array_equal(advantages, 0.0)
+
+
+def test_group_advantages_stop_gradients():
+    gradient = jax.grad(lambda c: jnp.sum(baselines.group_advantages(c) ** 3))(_random_costs())
+    np.testing.assert_array_equal(gradient, 0.0)
+
+
+def test_grpo_loss_gives_masked_samples_and_groups_under_2_valid_samples_no_gradient():
+    costs = _random_costs()
+    log_probs = jax.random.normal(jax.random.key(4), (4, 4)) - 2.0
+    poison = jnp.array([jnp.nan, jnp.inf, -jnp.inf, 1e30])[None]
+    old_log_probs = log_probs + 0.1
+
+    def loss(log_probs: jax.Array) -> jax.Array:
+        return baselines.grpo_loss(
+            jnp.where(GROUP_MASK, log_probs, poison),
+            jnp.where(GROUP_MASK, costs, poison),
+            old_log_probs=jnp.where(GROUP_MASK, old_log_probs, poison),
+            mask=GROUP_MASK,
+        )
+
+    value, gradient = jax.jit(jax.value_and_grad(loss))(log_probs)
+    chex.assert_tree_all_finite((value, gradient))
+    np.testing.assert_array_equal(jnp.where(GROUP_MASK, 0.0, gradient), 0.0)
+    np.testing.assert_array_equal(gradient[2:], 0.0)
+    assert jnp.all(gradient[:2][GROUP_MASK[:2]] != 0.0)
+
+
+def _sampled_actions(shape: tuple[int, int] = (4, 6)) -> jax.Array:
+    return jax.random.categorical(jax.random.key(1), THETA, shape=shape)
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_grpo_gradient_without_old_log_probs_is_the_normalised_policy_gradient(kind, masked):
+    actions = _sampled_actions()
+    costs = ACTION_COSTS[actions]
+    mask = GROUP_MASK[:, jnp.array([0, 1, 2, 3, 0, 1])] if masked else None  # (4, 6)
+    hand_mask = np.ones(actions.shape, bool) if mask is None else np.asarray(mask)
+    advantages = jnp.asarray(_hand_advantages(costs, hand_mask, kind), jnp.float32)
+
+    def grpo(theta: jax.Array) -> jax.Array:
+        log_probs = jax.nn.log_softmax(theta)[actions]
+        return baselines.grpo_loss(log_probs, costs, mask=mask, advantage=kind)
+
+    def explicit(theta: jax.Array) -> jax.Array:
+        log_probs = jax.nn.log_softmax(theta)[actions]
+        return jnp.sum(jnp.where(hand_mask, advantages * log_probs, 0.0)) / hand_mask.sum()
+
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(grpo))(THETA), jax.grad(explicit)(THETA), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_grpo_loss_is_minus_the_clipped_reward_objective_of_grpo():
+    keys = jax.random.split(jax.random.key(2), 3)
+    log_probs = jax.random.normal(keys[0], (3, 5)) - 5.0
+    old_log_probs = log_probs + 0.4 * jax.random.normal(keys[1], (3, 5))  # some ratios clipped
+    reference_log_probs = log_probs + 0.3 * jax.random.normal(keys[2], (3, 5))
+    costs = _random_costs((3, 5))
+    epsilon, beta = 0.2, 0.05
+
+    def grpo_objective(log_probs: jax.Array) -> jax.Array:
+        """[1]'s objective as written there, to maximise: rewards, min, minus the KL penalty."""
+        rewards = -costs
+        reward_advantages = (rewards - rewards.mean(-1, keepdims=True)) / (
+            rewards.std(-1, keepdims=True) + 1e-6
+        )
+        ratio = jnp.exp(log_probs - old_log_probs)
+        surrogate = jnp.minimum(
+            ratio * reward_advantages, jnp.clip(ratio, 1 - epsilon, 1 + epsilon) * reward_advantages
+        )
+        kl = jnp.exp(reference_log_probs - log_probs) - (reference_log_probs - log_probs) - 1.0
+        return jnp.mean(surrogate - beta * kl)
+
+    def loss(log_probs: jax.Array) -> jax.Array:
+        return baselines.grpo_loss(
+            log_probs,
+            costs,
+            old_log_probs=old_log_probs,
+            clip_epsilon=epsilon,
+            reference_log_probs=reference_log_probs,
+            kl_weight=beta,
+        )
+
+    ratios = jnp.exp(log_probs - old_log_probs)
+    assert jnp.any(jnp.abs(ratios - 1.0) > epsilon) and jnp.any(jnp.abs(ratios - 1.0) < epsilon)
+    value, gradient = jax.jit(jax.value_and_grad(loss))(log_probs)
+    np.testing.assert_allclose(value, -grpo_objective(log_probs), rtol=1e-5)
+    np.testing.assert_allclose(gradient, -jax.grad(grpo_objective)(log_probs), rtol=1e-5, atol=1e-7)
+
+
+# Costs (0, 1) give advantages (-1, +1): sample 0 is better than its group, sample 1 worse.
+@pytest.mark.parametrize(
+    "sample, ratio, clipped",
+    [
+        (0, 1.5, True),  # better, and already made more likely than the trust region allows
+        (0, 1.1, False),
+        (0, 0.5, False),  # better, but made less likely: the gradient still pushes it up
+        (1, 0.5, True),  # worse, and already made less likely than the trust region allows
+        (1, 0.9, False),
+        (1, 1.5, False),  # worse, but made more likely: the gradient still pushes it down
+    ],
+)
+def test_clipping_stops_the_gradient_only_beyond_the_trust_region_in_the_improving_direction(
+    sample, ratio, clipped
+):
+    costs = jnp.array([[0.0, 1.0]])
+    log_probs = jnp.zeros((1, 2)).at[0, sample].set(jnp.log(ratio))
+
+    @jax.jit
+    def gradient(log_probs: jax.Array, clip_epsilon: jax.Array) -> jax.Array:
+        return jax.grad(baselines.grpo_loss)(
+            log_probs, costs, old_log_probs=jnp.zeros((1, 2)), clip_epsilon=clip_epsilon
+        )
+
+    advantage = (-1.0, 1.0)[sample]
+    expected = 0.0 if clipped else advantage * ratio / 2  # d(r A) / d log r, over 2 samples
+    np.testing.assert_allclose(gradient(log_probs, 0.2)[0, sample], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind, inner_steps", [("grpo", 1), ("rloo", 1), ("grpo", 4)])
+def test_grpo_descent_moves_probability_to_the_lowest_cost_action(kind, inner_steps):
+    def loss(theta, actions, old_log_probs):
+        log_probs = jax.nn.log_softmax(theta)[actions]
+        return baselines.grpo_loss(
+            log_probs, ACTION_COSTS[actions], old_log_probs=old_log_probs, advantage=kind
+        )
+
+    @jax.jit
+    def train(theta: jax.Array) -> jax.Array:
+        def step(theta, key):
+            actions = jax.random.categorical(key, theta, shape=(8, 4))
+            old_log_probs = jax.nn.log_softmax(theta)[actions]
+            for _ in range(inner_steps):  # several steps on one batch of samples, as in PPO
+                theta = theta - 0.5 * jax.grad(loss)(theta, actions, old_log_probs)
+            return theta, None
+
+        return jax.lax.scan(step, theta, jax.random.split(jax.random.key(3), 60))[0]
+
+    before, after = jax.nn.softmax(THETA), jax.nn.softmax(train(THETA))
+    best = jnp.argmin(ACTION_COSTS)
+    assert after[best] > 0.9 > before[best]
+    assert jnp.argmax(after) == best
+
+
+def test_kl_term_is_0_at_the_reference_and_positive_elsewhere():
+    log_probs = jnp.array([[-1.0, -2.0, -0.5], [-3.0, -1.5, -2.5]])
+    costs = _random_costs((2, 3))
+
+    def loss(log_probs, reference_log_probs, kl_weight):
+        return baselines.grpo_loss(
+            log_probs, costs, reference_log_probs=reference_log_probs, kl_weight=kl_weight
+        )
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    without_kl = value_and_grad(log_probs, log_probs, 0.0)
+    chex.assert_trees_all_close(value_and_grad(log_probs, log_probs, 0.5), without_kl)
+    reference_log_probs = log_probs + jnp.array([[0.5, -1.0, 0.0], [2.0, 0.1, -0.3]])
+    with_kl, _ = value_and_grad(log_probs, reference_log_probs, 0.5)
+    difference = reference_log_probs - log_probs
+    k3 = jnp.exp(difference) - difference - 1.0
+    assert with_kl > without_kl[0]
+    np.testing.assert_allclose(with_kl - without_kl[0], 0.5 * jnp.mean(k3), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mix, weights", [("convex", (0.75, 0.25)), ("additive", (1.0, 0.25))])
+def test_grpo_mle_mix(mix, weights):
+    log_probs = jnp.array([[-1.0, -2.0, -0.5]])
+    old_log_probs = jnp.array([[-1.2, -1.5, -0.5]])
+    costs = jnp.array([[2.0, 1.0, 0.0]])
+    grpo = baselines.grpo_loss(log_probs, costs, old_log_probs=old_log_probs)
+    got = jax.jit(
+        lambda w: baselines.grpo_loss(
+            log_probs,
+            costs,
+            old_log_probs=old_log_probs,
+            mle_loss=jnp.asarray(3.0),
+            mle_weight=w,
+            mix=mix,
+        )
+    )(0.25)  # a traced weight
+    np.testing.assert_allclose(got, weights[0] * grpo + weights[1] * 3.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"log_probs": jnp.zeros(4)}, "k >= 2"),
+        ({"log_probs": jnp.zeros((4, 1)), "costs": jnp.zeros((4, 1))}, "group of 1"),
+        ({"costs": jnp.zeros((2, 2))}, "log_probs and costs must have the same shape"),
+        ({"mask": jnp.ones((2, 1), bool)}, "log_probs and mask"),
+        ({"old_log_probs": jnp.zeros(2)}, "log_probs and old_log_probs"),
+        ({"reference_log_probs": jnp.zeros(2), "kl_weight": 0.1}, "reference_log_probs"),
+        ({"clip_epsilon": 0.0}, "clip_epsilon"),
+        ({"clip_epsilon": -0.2}, "clip_epsilon"),
+        ({"advantage": "ppo"}, "advantage must be one of"),
+        ({"eps": 0.0}, "eps"),
+        ({"kl_weight": -0.1, "reference_log_probs": jnp.zeros((2, 3))}, "kl_weight"),
+        ({"kl_weight": 0.1}, "reference_log_probs=..."),
+        ({"mle_weight": 1.5, "mle_loss": 1.0}, r"mle_weight must be in \[0.0, 1.0\]"),
+        ({"mle_weight": -1.0, "mle_loss": 1.0, "mix": "additive"}, "mle_weight"),
+        ({"mle_weight": 0.5}, "mle_loss=..."),
+        ({"mle_weight": 0.5, "mle_loss": jnp.zeros(2)}, "mle_loss must be a scalar"),
+        ({"mix": "sum"}, "mix"),
+    ],
+)
+def test_grpo_loss_invalid_arguments(kwargs, message):
+    arguments = {"log_probs": jnp.zeros((2, 3)), "costs": jnp.zeros((2, 3))} | kwargs
+    with pytest.raises(ValueError, match=message):
+        baselines.grpo_loss(arguments.pop("log_probs"), arguments.pop("costs"), **arguments)
+
+
+@pytest.mark.parametrize(
+    "costs, kwargs, message",
+    [
+        (jnp.zeros(3), {}, r"\(batch, k\)"),
+        (jnp.zeros((3, 1)), {}, "group of 1"),
+        (jnp.zeros((2, 3)), {"mask": jnp.ones((3, 2), bool)}, "costs and mask"),
+        (jnp.zeros((2, 3)), {"kind": "ppo"}, "kind must be one of"),
+        (jnp.zeros((2, 3)), {"eps": -1.0}, "eps"),
+    ],
+)
+def test_group_advantages_invalid_arguments(costs, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        baselines.group_advantages(costs, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
 # Minimum risk training.
 
 

@@ -119,6 +119,9 @@ def test_ablation_smoke_run(run_python, tmp_path):
     )
     table = (tmp_path / "ablation.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == ["| MLE (reference)", "| n=2"]
+    # Settings are scored on the validation split, on seeds that compare does not report.
+    assert "error (valid)" in table[0] and "(test)" not in table[0]
+    assert json.loads((tmp_path / "ablation.json").read_text())["seeds"] == [100]
 
 
 def test_digits_lt_alignment_smoke_run(run_python, tmp_path):

@@ -168,8 +168,14 @@ def test_compare_writes_the_table_and_plots(tmp_path, capsys):
     assert "| method |" in markdown and "**" in markdown
     for name in ("valid_error_vs_step.png", "valid_error_vs_seconds.png"):
         assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Every run started from the one pretrained model.
-    assert len({json.dumps(r["pretrain"], sort_keys=True) for r in results["runs"]}) == 1
+    # Each seed pretrained its own model, and both rows of a seed started from it.
+    assert [r["pretrain_seed"] for r in results["runs"]] == [0, 1, 0, 1]
+    assert sorted(results["pretrain"]) == ["0", "1"]
+    for seed in (0, 1):
+        seed_records = [r["pretrain"] for r in results["runs"] if r["seed"] == seed]
+        assert seed_records[0] == seed_records[1] == results["pretrain"][str(seed)]
+    assert len({json.dumps(r["pretrain"], sort_keys=True) for r in results["runs"]}) == 2
+    assert (workdir / "pretrained" / "pretrain_seed_1").is_dir()
 
     # Run again: finished runs are read back from their checkpoints, with the same results.
     assert cli.main([*argv, "--no-progress", *TINY_OVERRIDES]) == 0
@@ -187,13 +193,14 @@ def test_run_command_fine_tunes_one_method(tmp_path, capsys):
 
 def test_rows_merge_their_overrides_into_the_config():
     config = cli.load_config("digits_lt")
-    half = cli.row_config(config, "mle_half_lr")
-    assert half.method == "mle" and half.learning_rate == config.learning_rate / 2
+    balanced = cli.row_config(config, "mle_balanced")
+    assert balanced.method == "mle" and balanced.surrogate == "balanced"
+    assert "grid" not in balanced  # the grid says what was searched; it is not a field
     uniform = cli.row_config(config, "mgs_uniform")
     assert uniform.mgs.weighting == "uniform"
     assert uniform.mgs.num_candidates == config.mgs.num_candidates  # the rest is kept
     assert cli.row_config(config, "pg").method == "pg" and not cli.row_config(config, "pg").rows
-    assert cli.resolve_methods(config)[:3] == ["pretrained", "mle", "mle_half_lr"]
+    assert cli.resolve_methods(config)[:3] == ["pretrained", "mle", "mle_logit_adjusted"]
     assert cli.resolve_methods(config, ["mgs_uniform", "mle"]) == ["mgs_uniform", "mle"]
     assert cli.resolve_methods(cli.load_config("digits")) == ["mle", "mgs", "pg", "mrt"]
     assert cli.resolve_methods(cli.load_config("text_completion")) == [
@@ -283,9 +290,9 @@ LT_OVERRIDES = [
 
 def test_compare_reports_rows_and_paired_differences(tmp_path, capsys):
     workdir = tmp_path / "lt"
-    rows = "pretrained,mle,mle_half_lr,mle_logit_adjusted,mgs_uniform"
+    rows = "pretrained,mle,mle_balanced,mle_logit_adjusted,mgs_uniform"
     argv = ["compare", "digits_lt", "--methods", rows, "--seeds", "2", "--workdir", str(workdir)]
-    assert cli.main([*argv, "--no-progress", *LT_OVERRIDES]) == 0
+    assert cli.main([*argv, "--no-progress", "--shared-pretraining", *LT_OVERRIDES]) == 0
     out = capsys.readouterr().out
     results = json.loads((workdir / "results.json").read_text())
     assert results["methods"] == rows.split(",")
@@ -293,15 +300,22 @@ def test_compare_reports_rows_and_paired_differences(tmp_path, capsys):
         for key in ("test", "test_selected", "test_last"):
             assert set(run[key]) == {"macro_f1", "balanced_accuracy", "nll", "task_loss"}
     by_row = {r["method"]: r for r in results["runs"]}
-    assert by_row["mle_half_lr"]["base_method"] == "mle"
+    assert by_row["mle_balanced"]["base_method"] == "mle"
+    assert by_row["mle_balanced"]["surrogate"] == "balanced"
     assert by_row["mle_logit_adjusted"]["post_hoc"]["selected"]["tau"] >= 0
-    assert (workdir / "mle_half_lr" / "seed_1" / "result.json").is_file()
+    assert (workdir / "mle_balanced" / "seed_1" / "result.json").is_file()
+    # One pretrained model and split for every seed.
+    assert {(r["pretrain_seed"], r["split_seed"]) for r in results["runs"]} == {(0, 0)}
+    assert results["shared_pretraining"] and list(results["pretrain"]) == ["0", "1"]
     paired = results["paired"]
-    assert paired["reference"] in ("mle", "mle_half_lr") and paired["metrics"][0] == "macro_f1"
+    # Only plain MLE rows are references: not the control (another loss) or the post-hoc row.
+    assert paired["reference"] == "mle" and paired["metrics"][0] == "macro_f1"
     assert set(paired["rows"]) == set(rows.split(",")) - {paired["reference"]}
     assert results["paired_last"]["key"] == "test_last"
     assert f"Δ macro-F1 vs {paired['reference']} [95% CI]" in out
     assert results["table_last"] in out and "no checkpoint selection" in out
+    # No MGS row, so no headline.
+    assert results["headline"] is None
 
 
 @pytest.mark.parametrize("inside", [False, True])
@@ -363,3 +377,135 @@ def test_a_bad_row_setting_fails_before_pretraining(capsys, monkeypatch, tmp_pat
         cli.main([*argv, "--config.rows.mgs_uniform.mgs.weighting=softmax"])
     assert exit_info.value.code == 2
     assert "row mgs_uniform: config.mgs: weighting must be one of" in capsys.readouterr().err
+
+
+def test_each_seed_pretrains_its_own_model_on_its_own_split():
+    config = cli.load_config("digits_lt")
+    config.pretrain.seed = config.task_config.split_seed = 7
+    own = cli.seed_config(config, 3)
+    assert (own.seed, own.pretrain.seed, own.task_config.split_seed) == (3, 3, 3)
+    shared = cli.seed_config(config, 3, shared_pretraining=True)
+    assert (shared.seed, shared.pretrain.seed, shared.task_config.split_seed) == (3, 7, 7)
+    assert config.seed == 0  # a copy
+    # A task without a split seed gets none.
+    assert "split_seed" not in cli.seed_config(cli.load_config("text_completion"), 2).task_config
+
+
+def test_a_row_grid_expands_into_every_combination():
+    config = cli.load_config("digits_lt")
+    lr = config.learning_rate
+    grid = cli.row_grid(config, "pg")
+    assert grid == {
+        "learning_rate": (lr / 2, lr, 2 * lr, 4 * lr),
+        "pg.mle_weight": (0.0, 0.25, 0.5),
+    }
+    points = cli.grid_points(grid)
+    assert len(points) == 12 and points[1] == {"learning_rate": lr / 2, "pg.mle_weight": 0.25}
+    assert cli.point_name("pg", points[1]) == "pg@learning_rate=0.0025,pg.mle_weight=0.25"
+    assert cli.grid_points({}) == [{}] and cli.row_grid(config, "mgs_uniform") == {}
+
+    tuned = cli.plan_rows(config, ["pg", "mgs_uniform"], tune=True)
+    assert [p.row for p in tuned] == ["pg"] * 12 + ["mgs_uniform"]
+    assert tuned[1].config.learning_rate == lr / 2 and tuned[1].config.pg.mle_weight == 0.25
+    assert tuned[-1].name == "mgs_uniform" and tuned[-1].point == {}
+    shipped = cli.plan_rows(config, ["pg"], tune=False)
+    assert [(p.name, p.point) for p in shipped] == [("pg", {})]
+    assert shipped[0].config.to_dict() == cli.row_config(config, "pg").to_dict()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.rows.pg.grid.learning_rate=()", "must be a non-empty tuple"),
+        ("--config.rows.pg.grid.pg.mle_weight=0.5", "mle_weight is a tuple, got '0.5'"),
+        ("--config.grpo.num_samples=1", "group size and must be at least 2"),
+        ("--config.grpo.advantage=ppo", "config.grpo.advantage must be one of"),
+    ],
+)
+def test_bad_grids_and_groups_fail_before_pretraining(override, message, capsys, monkeypatch):
+    monkeypatch.setattr(cli.train, "pretrain", lambda *a, **k: pytest.fail("pretrained"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compare", "digits_lt", "--workdir", "/nonexistent/never", override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 3 and message in err[-1]
+
+
+def test_a_grid_field_the_config_lacks_is_reported():
+    config = cli.load_config("digits_lt")
+    config.rows.pg.grid.learning_rat = (1.0,)
+    with pytest.raises(cli.ConfigError, match="config has no field learning_rat"):
+        cli.row_grid(config, "pg")
+    config = cli.load_config("digits_lt")
+    config.rows.pg.grid.mgs = (1.0,)
+    with pytest.raises(cli.ConfigError, match="is a group of fields"):
+        cli.row_grid(config, "pg")
+
+
+def _history_run(name, seed, valid, test, post_hoc=None):
+    return {
+        "method": name,
+        "seed": seed,
+        "base_method": "mle",
+        "post_hoc": post_hoc,
+        "selected_step": 10,
+        "history": [
+            {"step": 0, "valid": {"f1": 0.0}},
+            {"step": 10, "valid": {"f1": valid}},
+            {"step": 20, "valid": {"f1": valid - 0.5}},
+        ],
+        "test": {"f1": test},
+        "test_last": {"f1": test},
+    }
+
+
+def test_tuning_chooses_the_best_validation_point_not_the_best_test_point():
+    config = cli.load_config("digits_lt")
+    config.rows.mle.grid.learning_rate = (0.1, 0.2)
+    plan = cli.plan_rows(config, ["mle"], tune=True)
+    low, high = (p.name for p in plan)
+    # The first point is better on validation, the second on test.
+    runs = [
+        _history_run(low, 0, 0.8, 0.5),
+        _history_run(low, 1, 0.7, 0.5),
+        _history_run(high, 0, 0.6, 0.9),
+        _history_run(high, 1, 0.6, 0.9),
+    ]
+    record = cli.choose_points(runs, plan, Metric("f1", False))
+    assert record["mle"]["chosen"] == {"learning_rate": 0.1}
+    assert [p["valid"] for p in record["mle"]["points"]] == pytest.approx([0.75, 0.6])
+    assert [r["method"] for r in runs] == ["mle", "mle", high, high]
+
+
+def test_validation_score_reads_the_selected_evaluation_or_the_post_hoc_score():
+    run = _history_run("mle", 0, 0.8, 0.5)
+    assert report.validation_score(run, "f1") == 0.8
+    assert report.validation_score(run, "f1", key="test_last") == pytest.approx(0.3)
+    adjusted = _history_run("mle", 0, 0.8, 0.5, post_hoc={"selected": {"valid_f1": 0.95}})
+    assert report.validation_score(adjusted, "f1") == 0.95
+
+
+def test_headline_compares_the_focus_row_with_the_best_row_of_each_group():
+    def rows(name, base, valids, tests):
+        return [
+            {**_history_run(name, seed, v, t), "base_method": base}
+            for seed, (v, t) in enumerate(zip(valids, tests, strict=True))
+        ]
+
+    runs = [
+        *rows("mle_a", "mle", [0.60, 0.61, 0.62], [0.60, 0.62, 0.61]),
+        *rows("mle_b", "mle", [0.50, 0.50, 0.50], [0.99, 0.99, 0.99]),  # best on test only
+        *rows("pg", "pg", [0.70, 0.70, 0.71], [0.80, 0.81, 0.82]),
+        *rows("mgs", "mgs", [0.70, 0.72, 0.74], [0.70, 0.72, 0.74]),
+    ]
+    groups = {"mle_a": "mle", "mle_b": "mle", "pg": "rl", "mgs": "mgs"}
+    methods = list(groups)
+    result = report.headline(runs, methods, groups, "mgs", Metric("f1", False, "F1"))
+    by_group = {e["group"]: e for e in result["rows"]}
+    assert set(by_group) == {"mle", "rl", "any"}
+    assert by_group["mle"]["row"] == "mle_a" and by_group["mle"]["verdict"] == "better"
+    assert by_group["rl"]["row"] == "pg" and by_group["rl"]["verdict"] == "worse"
+    assert by_group["any"]["row"] == "pg"  # pg's validation mean 0.703 beats mgs's rivals
+    assert by_group["mle"]["difference"]["mean"] == pytest.approx(0.11)
+    assert "mle_a" in result["table"] and result["markdown"].startswith("| compared with |")
+    assert report.verdict(None, True) == "no clear difference"

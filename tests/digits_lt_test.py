@@ -112,6 +112,39 @@ def _adjust(params, tau, counts):
     return {**params, "Dense_1": layer}
 
 
+def test_control_losses_are_the_standard_long_tail_losses(task, params):
+    batch = jax.jit(task.train_batch)(jax.random.key(3))
+    model = digits_lt.MLP(hidden_sizes=(32,))
+    logits = lambda inputs: model.apply({"params": params}, inputs)
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels
+    assert set(task.surrogates) == set(digits_lt.SURROGATES)
+    # cRT: cross-entropy on the class-balanced batch that the task loss reads.
+    balanced = cross_entropy(logits(batch["task_inputs"]), batch["task_labels"]).mean()
+    np.testing.assert_allclose(task.surrogates["balanced"](params, batch), balanced, rtol=1e-6)
+    # Class-balanced loss: weights 1 / effective number of images, on the natural batch.
+    counts = np.bincount(digits_lt.load_long_tailed_splits()["train"][1], minlength=10)
+    beta = digits_lt.CLASS_BALANCED_BETA
+    class_weights = (1 - beta) / (1 - beta ** counts.astype(np.float64))
+    labels = np.asarray(batch["labels"])
+    losses = np.asarray(cross_entropy(logits(batch["inputs"]), batch["labels"]))
+    weighted = np.sum(class_weights[labels] * losses) / np.sum(class_weights[labels])
+    np.testing.assert_allclose(
+        task.surrogates["class_weighted"](params, batch), weighted, rtol=1e-5
+    )
+    # ... which at these counts is inverse frequency within 5%.
+    ratio = class_weights[-1] / class_weights[0]
+    assert ratio == pytest.approx(counts[0] / counts[-1], rel=0.05)
+    # Logit-adjusted loss: cross-entropy of z + tau log(prior) on the natural batch.
+    shifted = logits(batch["inputs"]) + np.log(counts / counts.sum())
+    adjusted = cross_entropy(shifted, batch["labels"]).mean()
+    np.testing.assert_allclose(
+        task.surrogates["logit_adjusted"](params, batch), adjusted, rtol=1e-5
+    )
+    # None of them is the MLE loss.
+    mle = float(task.mle_loss(params, batch))
+    assert all(abs(float(loss(params, batch)) - mle) > 1e-3 for loss in task.surrogates.values())
+
+
 @pytest.mark.parametrize(
     "config, message",
     [

@@ -236,6 +236,39 @@ def test_post_hoc_correction_is_applied_before_testing(lt_pretrained_dir, tmp_pa
         )
 
 
+def test_a_surrogate_replaces_the_mle_loss_of_fine_tuning(lt_pretrained_dir, tmp_path):
+    config = tiny_config("mle", digits_lt, surrogate="balanced", **LT_TINY)
+    task = train.get_task(config)
+    reference, _ = train.pretrain(config, lt_pretrained_dir, progress=False)
+    init, step = train.make_train_step(task, config)
+    _, diagnostics = jax.jit(step)(init(reference), reference)
+    batch = train.batch_sampler(task, config.batch_size)(
+        jax.random.split(jax.random.fold_in(init(reference).key, 0))[0]
+    )
+    expected = task.surrogates["balanced"](reference, batch)
+    assert float(diagnostics["mle_loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(expected) != pytest.approx(float(task.mle_loss(reference, batch)), rel=1e-3)
+    result = train.run(config, tmp_path, pretrained_dir=lt_pretrained_dir, progress=False)
+    assert result["surrogate"] == "balanced" and result["split_seed"] == 0
+
+    with pytest.raises(ValueError, match="it has: balanced, class_weighted, logit_adjusted"):
+        train.run(
+            tiny_config("mle", digits_lt, surrogate="focal", **LT_TINY),
+            tmp_path / "other",
+            pretrained_dir=lt_pretrained_dir,
+            progress=False,
+        )
+
+
+def test_fields_that_only_fine_tuning_reads_keep_the_pretrained_model(monkeypatch):
+    config = tiny_config("mle")
+    fingerprint = train._pretrain_fingerprint(config)
+    config.task_config.task_loss = "f1"
+    assert train._pretrain_fingerprint(config) != fingerprint
+    monkeypatch.setattr(train, "fine_tuning_fields", lambda name: ("task_loss",))
+    assert train._pretrain_fingerprint(config) == train._pretrain_fingerprint(tiny_config("mle"))
+
+
 def test_bad_mgs_settings_are_reported_before_pretraining():
     with pytest.raises(ValueError, match="config.mgs: probe_scale must be positive"):
         train.check_config(tiny_config("mgs", **{"mgs.probe_scale": 0.0}))

@@ -27,14 +27,16 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import itertools
 import json
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
+import numpy as np
 
 from mlesearch.experiments import report, train
 from mlesearch.experiments.configs.common import METHODS
@@ -47,6 +49,9 @@ DEFAULT_SEEDS = 3
 # over the 15 we allow the main job; ``--seeds 5`` gives the full table.
 MAIN_JOB_SEEDS = 2
 RUNS_DIR = "mlesearch_runs"
+GRID = "grid"
+# Metrics that the headline shows beside the primary one, where the task has them.
+HEADLINE_EXTRA_METRICS = {"avg_len": "length", "avg_len_ref": "reference length"}
 CONFIG_PREFIX = "--config."
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
@@ -330,6 +335,7 @@ def row_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.C
     rows = config.get("rows") or {}
     if name in rows:
         overrides = rows[name].to_dict()
+        overrides.pop(GRID, None)
         if overrides.get("method") not in METHODS:
             raise ConfigError(
                 f"config.rows.{name} must name a method, one of {', '.join(METHODS)}; got "
@@ -340,6 +346,124 @@ def row_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.C
         result.method = name
     else:
         raise ConfigError(f"{name!r} is neither a method nor a row of the config.")
+    return result
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def row_grid(config: ml_collections.ConfigDict, name: str) -> dict[str, tuple[Any, ...]]:
+    """The settings searched for a row: its ``grid``, as dotted field names and their values.
+
+    Args:
+      config: the experiment config.
+      name: a row of ``config.rows``, or a method (which has no grid).
+
+    Returns:
+      ``{"learning_rate": (0.0025, 0.005, 0.01), "pg.mle_weight": (0.0, 0.5)}``, in the order
+      of the config; empty for a row without a grid.
+
+    Raises:
+      ConfigError: for a grid field that the config does not have or that is a group, or a
+        field with no values.
+    """
+    rows = config.get("rows") or {}
+    if name not in rows or GRID not in rows[name]:
+        return {}
+    grid = _flatten(rows[name][GRID].to_dict())
+    if not grid:
+        raise ConfigError(f"config.rows.{name}.grid is empty; give it fields or remove it.")
+    base = row_config(config, name)
+    result = {}
+    for field, values in grid.items():
+        node = base
+        *parents, leaf = field.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise ConfigError(f"config.rows.{name}.grid.{field}: the config has no field {field}.")
+        if isinstance(node[leaf], ml_collections.ConfigDict):
+            raise ConfigError(f"config.rows.{name}.grid.{field}: {field} is a group of fields.")
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ConfigError(
+                f"config.rows.{name}.grid.{field} must be a non-empty tuple of values, got "
+                f"{values!r}."
+            )
+        result[field] = tuple(values)
+    return result
+
+
+def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid's values, the last field varying fastest.
+
+    Args:
+      grid: dotted field names and their values, as `row_grid` returns them.
+
+    Returns:
+      A list of ``{field: value}``; ``[{}]`` for an empty grid.
+    """
+    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def point_name(row: str, point: Mapping[str, Any]) -> str:
+    """The run name of a point of a row's grid: ``pg@learning_rate=0.001,pg.mle_weight=0.5``."""
+    if not point:
+        return row
+    return (
+        row
+        + "@"
+        + ",".join(
+            f"{field}={value:g}" if isinstance(value, float) else f"{field}={value}"
+            for field, value in point.items()
+        )
+    )
+
+
+def with_point(
+    config: ml_collections.ConfigDict, point: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the dotted fields of ``point`` set to its values."""
+    result = ml_collections.ConfigDict(config.to_dict())
+    for field, value in point.items():
+        node = result
+        *parents, leaf = field.split(".")
+        for part in parents:
+            node = node[part]
+        try:
+            node[leaf] = value
+        except TypeError as error:
+            raise ConfigError(f"Cannot set config.{field} to {value!r}: {error}") from None
+    return result
+
+
+def seed_config(
+    config: ml_collections.ConfigDict, seed: int, shared_pretraining: bool = False
+) -> ml_collections.ConfigDict:
+    """The config of one seed of a comparison.
+
+    Args:
+      config: a row's config.
+      seed: the seed.
+      shared_pretraining: keep the config's pretraining seed (and data split) for every seed.
+
+    Returns:
+      A copy with ``seed``; unless ``shared_pretraining``, also ``pretrain.seed = seed`` and,
+      where the task has one, ``task_config.split_seed = seed``, so that each seed pretrains
+      its own model (on its own split) and paired differences cover that variation too.
+    """
+    result = ml_collections.ConfigDict(config.to_dict())
+    result.seed = int(seed)
+    if not shared_pretraining:
+        result.pretrain.seed = int(seed)
+        if "split_seed" in result.task_config:
+            result.task_config.split_seed = int(seed)
     return result
 
 
@@ -389,6 +513,116 @@ def resolve_methods(
     return parse_methods(",".join(methods), _row_names(config))
 
 
+class PlannedRow(NamedTuple):
+    """One setting that a comparison runs over every seed.
+
+    Attributes:
+      row: the row of the table it belongs to.
+      name: the run name: ``row``, or `point_name` for a point of a row's grid.
+      config: its config (``seed`` not yet set).
+      point: the grid values it sets (empty for a row run at its own values).
+    """
+
+    row: str
+    name: str
+    config: ml_collections.ConfigDict
+    point: dict[str, Any]
+
+
+def plan_rows(
+    config: ml_collections.ConfigDict, methods: Sequence[str], tune: bool
+) -> list[PlannedRow]:
+    """The settings of a comparison: each row at its values, or every point of its grid.
+
+    Args:
+      config: the experiment config.
+      methods: the rows.
+      tune: search the grids (``config.tune``).
+
+    Returns:
+      The `PlannedRow` s, rows in order and each row's points in `grid_points` order.
+
+    Raises:
+      ConfigError: for a bad row or grid.
+    """
+    plan = []
+    for row in methods:
+        base = row_config(config, row)
+        grid = row_grid(config, row)
+        points = grid_points(grid) if tune and grid else [{}]
+        for point in points:
+            plan.append(PlannedRow(row, point_name(row, point), with_point(base, point), point))
+    return plan
+
+
+def row_group(config: ml_collections.ConfigDict) -> str:
+    """What kind of row a config is, for the headline (`report.headline`).
+
+    Returns:
+      ``"pretrained"``; ``"mle"`` (MLE on the task's MLE loss, no correction); ``"control"``
+      (MLE on another surrogate or with a post-hoc correction); ``"rl"`` (PG, MRT, GRPO);
+      ``"search"`` (random search, MGS with uniform weights, the evolution strategies); or
+      ``"mgs"``.
+    """
+    method = config.method
+    if method == "pretrained":
+        return "pretrained"
+    if method == "mle":
+        return "control" if config.surrogate or config.post_hoc else "mle"
+    if method in ("pg", "mrt", "grpo"):
+        return "rl"
+    if method in ("random_search", "open_es", "guided_es") or config.mgs.weighting == "uniform":
+        return "search"
+    return "mgs"
+
+
+def choose_points(
+    runs: Sequence[dict[str, Any]], plan: Sequence[PlannedRow], primary: Metric
+) -> dict[str, dict[str, Any]]:
+    """For each row whose grid was searched, the point with the best mean validation score.
+
+    The runs of the chosen point are renamed to the row (``run["method"] = row``), so that
+    the tables report them as the row; the others keep their point names.
+
+    Args:
+      runs: the results of every planned setting, each with ``method`` its run name.
+      plan: the comparison's `PlannedRow` s.
+      primary: the metric that decides (`report.validation_score` at the selected checkpoint).
+
+    Returns:
+      ``{row: {"points": [{"name", "values", "valid": mean score, "chosen"}], "chosen":
+      values}}`` for the rows with more than one point.
+    """
+    record: dict[str, dict[str, Any]] = {}
+    rows = dict.fromkeys(p.row for p in plan)
+    for row in rows:
+        points = [p for p in plan if p.row == row]
+        if len(points) == 1 and not points[0].point:
+            continue
+        chosen = report.best_row(runs, [p.name for p in points], primary)
+        entries = []
+        for point in points:
+            scores = [
+                report.validation_score(r, primary.name) for r in runs if r["method"] == point.name
+            ]
+            entries.append(
+                {
+                    "name": point.name,
+                    "values": point.point,
+                    "valid": float(np.mean(scores)) if scores else None,
+                    "chosen": point.name == chosen,
+                }
+            )
+        for run in runs:
+            if run["method"] == chosen:
+                run["method"] = row
+        record[row] = {
+            "points": entries,
+            "chosen": next((p.point for p in points if p.name == chosen), None),
+        }
+    return record
+
+
 def compare(
     config: ml_collections.ConfigDict,
     methods: Sequence[str] | None,
@@ -398,101 +632,169 @@ def compare(
     pretrained_dir: str | Path | None = None,
     progress: bool | None = None,
     echo: bool = True,
+    shared_pretraining: bool = False,
 ) -> dict[str, Any]:
-    """Runs every row over every seed from one pretrained model, and reports on the test split.
+    """Runs every row over every seed, and reports on the test split.
 
     A row is a method, or a named row of ``config.rows`` (a method with config overrides, such
-    as MLE at half the learning rate). Every run selects its checkpoint on the validation task
-    loss (``config.select_checkpoint``); the table reports those, and a second table the last
-    parameters. Both come with the per-seed paired differences of the primary metric against
-    the best plain-MLE row (see `report.paired_differences`).
+    as MLE at half the learning rate). Each seed ``s`` pretrains its own model
+    (``pretrain.seed = s``, and ``task_config.split_seed = s`` where the task has a data split
+    seed; see `seed_config`), and every row of that seed fine-tunes from it, so that the paired
+    differences over seeds include pretraining and split variance; ``shared_pretraining``
+    uses the config's one pretrained model for every seed instead. Every run selects its
+    checkpoint on the validation task loss (``config.select_checkpoint``); the table reports
+    those, and a second table the last parameters. Both come with the per-seed paired
+    differences of the primary metric against the best plain-MLE row, chosen on validation
+    (see `report.reference_row`), and a headline compares the MGS row with the best row of
+    each kind (`report.headline`). With ``config.tune``, each row that has a ``grid`` runs
+    every point of it and reports the point with the best mean validation score
+    (`choose_points`).
 
     Writes, in ``workdir``: ``results.json`` (the config, every run's history and final metrics,
-    the tables and the paired differences), ``results.md`` (the tables in markdown) and two plots
-    of the task's primary validation metric, against steps and against wall-clock seconds. Runs
-    already finished in ``workdir`` with the same config are read back, not repeated.
+    the grids searched, the tables and the paired differences), ``results.md`` (the tables in
+    markdown) and two plots of the task's primary validation metric, against steps and against
+    wall-clock seconds. Runs already finished in ``workdir`` with the same config are read back,
+    not repeated.
 
     Args:
       config: the experiment config; ``method`` and ``seed`` are replaced by each run's.
       methods: rows (names from ``METHODS`` or ``config.rows``); None: those of
         ``config.compare_methods``, or ``DEFAULT_METHODS`` when it is empty.
       seeds: the seeds of the runs of each row.
-      workdir: the work directory (pretrained model, checkpoints, results).
-      pretrained_dir: where the shared pretrained model lives; default ``<workdir>/pretrained``.
+      workdir: the work directory (pretrained models, checkpoints, results).
+      pretrained_dir: where the pretrained models live; default ``<workdir>/pretrained``
+        (each seed's in ``pretrain_seed_<s>`` below it, unless ``shared_pretraining``).
       progress: show progress bars: True, False, or None for only on a terminal.
       echo: print the progress of the comparison and the table.
+      shared_pretraining: one pretrained model (and split) for every seed, for quick runs.
 
     Returns:
-      ``{"summary", "summary_last", "paired", "paired_last", "table", "markdown", "runs",
-      "files": {"json", "markdown", "plots"}}``; the runs are those of `train.run`,
-      without their parameters.
+      ``{"summary", "summary_last", "paired", "paired_last", "table", "markdown", "headline",
+      "grids", "runs", "files": {"json", "markdown", "plots"}}``; the runs are those of
+      `train.run`, without their parameters, with ``row`` and ``point`` added.
 
     Raises:
       ValueError: for an unknown method, row or task, or an invalid config.
     """
     methods = resolve_methods(config, methods)
-    row_configs = {name: row_config(config, name) for name in methods}
-    for run_config in row_configs.values():
-        train.check_config(run_config)
+    plan = plan_rows(config, methods, bool(config.get("tune", False)))
+    for planned in plan:
+        train.check_config(planned.config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     task = train.get_task(config)
-    if pretrained_dir is None:
-        pretrained_dir = workdir / train.PRETRAINED_DIR
-    _, pretrain_record = train.pretrain(config, pretrained_dir, task=task, progress=progress)
-    if echo:
-        valid = pretrain_record["valid"]
-        shown = ", ".join(f"{m.label or m.name} {valid[m.name]:.4g}" for m in task.metrics)
-        print(
-            f"Pretrained model (MLE, {pretrain_record['steps']} steps, kept step "
-            f"{pretrain_record['best_step']}): validation {shown}. In {pretrained_dir}.",
-            flush=True,
+    for planned in plan:
+        train.check_task_settings(task, planned.config)
+    pretrained_root = (
+        workdir / train.PRETRAINED_DIR if pretrained_dir is None else Path(pretrained_dir)
+    )
+    runs: list[dict[str, Any]] = []
+    pretrain_records = {}
+    for seed in seeds:
+        base = seed_config(config, seed, shared_pretraining)
+        seed_task = train.get_task(base)
+        seed_pretrained = (
+            pretrained_root if shared_pretraining else pretrained_root / f"pretrain_seed_{seed}"
         )
-    runs = []
-    for name in methods:
-        for seed in seeds:
-            run_config = ml_collections.ConfigDict(row_configs[name].to_dict())
-            run_config.seed = int(seed)
+        _, record = train.pretrain(base, seed_pretrained, task=seed_task, progress=progress)
+        pretrain_records[str(seed)] = {k: v for k, v in record.items() if k != "fingerprint"}
+        if echo:
+            valid = record["valid"]
+            shown = ", ".join(f"{m.label or m.name} {valid[m.name]:.4g}" for m in task.metrics)
+            which = "shared by every seed" if shared_pretraining else f"seed {seed}"
+            print(
+                f"Pretrained model, {which} (MLE, {record['steps']} steps, kept step "
+                f"{record['best_step']}): validation {shown}. In {seed_pretrained}.",
+                flush=True,
+            )
+        for planned in plan:
+            run_config = seed_config(planned.config, seed, shared_pretraining)
             result = train.run(
                 run_config,
                 workdir,
-                pretrained_dir=pretrained_dir,
-                task=task,
+                pretrained_dir=seed_pretrained,
+                task=train.get_task(run_config),
                 progress=progress,
-                name=name,
+                name=planned.name,
             )
             result.pop("params", None)
+            result["row"], result["point"] = planned.row, planned.point
             runs.append(result)
             if echo:
                 shown = ", ".join(
                     f"{m.label or m.name} {result['test'][m.name]:.4g}" for m in task.metrics
                 )
                 print(
-                    f"  {name:<18} seed {seed}: test {shown} (step {result['selected_step']}); "
-                    f"{result['seconds']:.2f} s, {result['task_loss_evaluations']} task-loss "
-                    "evaluations.",
+                    f"  {planned.name:<18} seed {seed}: test {shown} (step "
+                    f"{result['selected_step']}); {result['seconds']:.2f} s, "
+                    f"{result['task_loss_evaluations']} task-loss evaluations.",
                     flush=True,
                 )
+    # Row by row, as the table reads, rather than in the order the seeds ran.
+    order = {planned.name: index for index, planned in enumerate(plan)}
+    runs.sort(key=lambda r: (order[r["method"]], list(seeds).index(r["seed"])))
     primary = next(
         (m for m in task.metrics if m.name == task.primary_metric),
         Metric(task.primary_metric, lower_is_better=True),
     )
-    tables = report.tables(runs, methods, task.metrics, primary)
+    grids = choose_points(runs, plan, primary)
+    grid_record = {
+        row: {
+            "grid": {k: list(v) for k, v in row_grid(config, row).items()},
+            "tuned": row in grids,
+            **grids.get(row, {}),
+        }
+        for row in methods
+        if row_grid(config, row)
+    }
+    table_runs = [r for r in runs if r["method"] in methods]
+    tables = report.tables(table_runs, methods, task.metrics, primary)
+    groups = {row: row_group(row_config(config, row)) for row in methods}
+    focus = next((m for m in methods if m == config.method), None) or next(
+        (m for m in methods if groups[m] == "mgs"), None
+    )
+    extra = [
+        Metric(name, True, label)
+        for name, label in HEADLINE_EXTRA_METRICS.items()
+        if table_runs and all(name in (r["test"] or {}) for r in table_runs)
+    ]
+    headline = (
+        None
+        if focus is None
+        else report.headline(table_runs, methods, groups, focus, primary, extra)
+    )
     title = f"{task.name}, {len(seeds)} seed{'s' * (len(seeds) > 1)}"
-    plots = report.plot_histories(runs, methods, primary, workdir, title)
+    plots = report.plot_histories(table_runs, methods, primary, workdir, title)
     selection = (
         "parameters of the evaluation with the best validation task loss"
         if bool(config.select_checkpoint)
         else "last parameters"
     )
+    pretraining = (
+        "one pretrained model for every seed"
+        if shared_pretraining
+        else "each seed with its own pretrained model"
+        + (" and data split" if "split_seed" in config.task_config else "")
+    )
     legend = (
-        f"Test split, {task.name}: mean ± std over {len(seeds)} seed(s), {selection}; best "
-        "mean per metric marked. Δ: mean over seeds of the per-seed difference from the "
-        "reference row (the MLE row with the best mean), with Student's t interval; better on: "
-        "seeds where the row beat the reference. seconds: fine-tuning wall-clock time (without "
-        "evaluation and compilation); task-loss evals: batch-sized task-loss evaluations."
+        f"Test split, {task.name}: mean ± std over {len(seeds)} seed(s), {pretraining}; "
+        f"{selection}; best mean per metric marked. Δ: mean over seeds of the per-seed "
+        "difference from the reference row (the plain MLE row with the best validation score), "
+        "with Student's t interval; better on: seeds where the row beat the reference. seconds: "
+        "fine-tuning wall-clock time (without evaluation and compilation); task-loss evals: "
+        "batch-sized task-loss evaluations."
     )
     legend_last = "The same runs, scored at their last parameters (no checkpoint selection)."
+    legend_headline = (
+        f"Headline: {focus} against the best row of each kind, each chosen on the validation "
+        f"split; Δ is {focus} minus that row on the test split, per seed, with a 95% t interval."
+    )
+    tuned_text = "".join(
+        f"\n{row}: searched {', '.join(p['name'] for p in g['points'])}; chosen on validation: "
+        f"{g['chosen']}."
+        for row, g in grid_record.items()
+        if g["tuned"]
+    )
     json_path = workdir / "results.json"
     markdown_path = workdir / "results.md"
     json_path.write_text(
@@ -501,7 +803,11 @@ def compare(
                 "config": config.to_dict(),
                 "methods": list(methods),
                 "seeds": [int(s) for s in seeds],
-                "pretrain": {k: v for k, v in pretrain_record.items() if k != "fingerprint"},
+                "shared_pretraining": bool(shared_pretraining),
+                "pretrain": pretrain_records,
+                "groups": groups,
+                "grids": grid_record,
+                "headline": headline,
                 "runs": runs,
                 **tables,
             },
@@ -509,8 +815,10 @@ def compare(
             default=str,
         )
     )
+    headline_md = f"{legend_headline}\n\n{headline['markdown']}\n\n" if headline else ""
     markdown_path.write_text(
-        f"{legend}\n\n{tables['markdown']}\n\n{legend_last}\n\n{tables['markdown_last']}\n"
+        f"{headline_md}{legend}\n\n{tables['markdown']}\n\n{legend_last}\n\n"
+        f"{tables['markdown_last']}\n{tuned_text}\n"
     )
     files = {
         "json": str(json_path),
@@ -520,8 +828,12 @@ def compare(
     if echo:
         print(f"\n{legend}\n\n{tables['table']}\n")
         print(f"{legend_last}\n\n{tables['table_last']}\n")
+        if headline:
+            print(f"{legend_headline}\n\n{headline['table']}\n")
+        if tuned_text:
+            print(tuned_text.strip() + "\n")
         print(f"Wrote {json_path}, {markdown_path} and the plots {', '.join(map(str, plots))}.")
-    return {**tables, "runs": runs, "files": files}
+    return {**tables, "headline": headline, "grids": grid_record, "runs": runs, "files": files}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,6 +881,13 @@ def _parser() -> argparse.ArgumentParser:
         "compare", help="compare methods over seeds; write a table and plots"
     )
     add_common(compare_parser)
+    compare_parser.add_argument(
+        "--shared-pretraining",
+        action="store_true",
+        help="one pretrained model (and data split) for every seed, for quick runs (default: "
+        "seed s pretrains its own, with pretrain.seed=s and, where the task has one, "
+        "task_config.split_seed=s)",
+    )
     compare_parser.add_argument(
         "--methods",
         default=None,
@@ -697,11 +1016,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         seeds = parse_seeds(args.seeds, int(config.seed)) if args.command == "compare" else None
         if args.command == "compare":  # every row's settings, before anything is trained
-            for name in resolve_methods(config, methods):
+            rows = resolve_methods(config, methods)
+            for planned in plan_rows(config, rows, bool(config.get("tune", False))):
                 try:
-                    train.check_config(row_config(config, name))
+                    train.check_config(planned.config)
                 except ValueError as error:
-                    raise ValueError(f"row {name}: {error}") from None
+                    raise ValueError(f"row {planned.name}: {error}") from None
     except ConfigError as error:
         parser.error(str(error))
     except ValueError as error:
@@ -726,6 +1046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir,
                 pretrained_dir=args.pretrained_dir,
                 progress=progress,
+                shared_pretraining=args.shared_pretraining,
             )
     except ValueError as error:
         parser.exit(1, f"mlesearch: error: {error}\n")

@@ -165,38 +165,94 @@ def format_table(
     return "\n".join(lines)
 
 
+def validation_score(run: Mapping[str, Any], metric: str, key: str = "test") -> float:
+    """A run's validation score of ``metric``, for choosing between rows without the test split.
+
+    Args:
+      run: a result of `train.run`.
+      metric: a metric of the task's ``evaluate``.
+      key: ``"test"`` or ``"test_selected"`` score the checkpoint that the run selected;
+        ``"test_last"`` its last parameters.
+
+    Returns:
+      The validation value of ``metric`` at the evaluation of the selected step (or the last
+      one), after the run's post-hoc correction when that recorded its validation score
+      (``post_hoc[...]["valid_<metric>"]``). Runs without a history (hand-made ones) fall back
+      to ``run[key][metric]``.
+    """
+    which = "last" if key == "test_last" else "selected"
+    info = (run.get("post_hoc") or {}).get(which) or {}
+    if f"valid_{metric}" in info:
+        return float(info[f"valid_{metric}"])
+    history = run.get("history") or []
+    if not history:
+        return float(run[key][metric])
+    if which == "last":
+        return float(history[-1]["valid"][metric])
+    entry = next(h for h in history if h["step"] == run["selected_step"])
+    return float(entry["valid"][metric])
+
+
+def best_row(
+    runs: Sequence[Mapping[str, Any]],
+    rows: Sequence[str],
+    metric: Metric,
+    key: str = "test",
+) -> str | None:
+    """Of ``rows``, the one whose runs have the best mean validation score of ``metric``.
+
+    Args:
+      runs: results of `train.run`.
+      rows: the candidate rows.
+      metric: the metric that decides (see `validation_score`).
+      key: which parameters of each run (see `validation_score`).
+
+    Returns:
+      The row's name (the first of equals), or None when no row has a run.
+    """
+    best, best_mean = None, None
+    for row in rows:
+        row_runs = [r for r in runs if r["method"] == row]
+        if not row_runs:
+            continue
+        mean = float(np.mean([validation_score(r, metric.name, key) for r in row_runs]))
+        if not math.isfinite(mean):
+            continue
+        if best_mean is None or (mean < best_mean if metric.lower_is_better else mean > best_mean):
+            best, best_mean = row, mean
+    return best
+
+
 def reference_row(
     runs: Sequence[Mapping[str, Any]], methods: Sequence[str], metric: Metric, key: str = "test"
 ) -> str | None:
-    """The best MLE row: the row of plain MLE fine-tuning with the best mean of ``metric``.
+    """The best MLE row: the row of plain MLE fine-tuning with the best validation score.
 
-    Rows whose runs have ``base_method == "mle"`` and no post-hoc correction qualify. Choosing
-    on the test split favours the reference, which makes the paired differences against it
-    conservative.
+    Rows whose runs have ``base_method == "mle"``, no post-hoc correction and no surrogate
+    other than the MLE loss qualify; the best mean validation score of ``metric`` decides (see
+    `best_row`), so the test split chooses nothing.
 
     Args:
       runs: results of `train.run`.
       methods: the rows.
       metric: the metric that decides.
-      key: which test metrics of each run (see `summarize`).
+      key: which parameters of each run (see `validation_score`).
 
     Returns:
       The row's name, or None when no row qualifies.
     """
-    best, best_mean = None, None
-    for method in methods:
-        method_runs = [r for r in runs if r["method"] == method]
-        if not method_runs or any(
-            r.get("base_method", r["method"]) != "mle" or r.get("post_hoc") for r in method_runs
-        ):
-            continue
-        mean = float(np.mean([r[key][metric.name] for r in method_runs]))
-        better = best_mean is None or (
-            mean < best_mean if metric.lower_is_better else mean > best_mean
+    plain = [
+        method
+        for method in methods
+        if (method_runs := [r for r in runs if r["method"] == method])
+        and all(
+            r.get("base_method", r["method"]) == "mle"
+            and not r.get("post_hoc")
+            and not r.get("surrogate")
+            for r in method_runs
         )
-        if better:
-            best, best_mean = method, mean
-    return best
+    ]
+    return best_row(runs, plain, metric, key)
 
 
 def paired_differences(
@@ -271,6 +327,174 @@ def paired_differences(
         "metrics": [m.name for m in metrics],
         "rows": rows,
     }
+
+
+# The groups of rows that the headline compares the focus row (MGS) with, and their labels.
+HEADLINE_GROUPS = (
+    ("mle", "best plain MLE row"),
+    ("control", "best control (MLE with another loss or a post-hoc correction)"),
+    ("rl", "best policy-gradient baseline (PG, MRT, GRPO)"),
+    ("search", "best search without MGS's weighting (random search, uniform weights, ES)"),
+    ("any", "best other row"),
+)
+
+
+def verdict(stats: Mapping[str, Any] | None, lower_is_better: bool) -> str:
+    """``"better"``, ``"worse"`` or ``"no clear difference"``: what a paired interval says.
+
+    Args:
+      stats: one metric's entry of `paired_differences` (focus row minus comparator), or None.
+      lower_is_better: the metric's direction.
+
+    Returns:
+      ``"better"`` when the interval excludes 0 on the focus row's side, ``"worse"`` when it
+      excludes 0 on the other, else ``"no clear difference"`` (also with fewer than two seeds).
+    """
+    if stats is None or stats["low"] is None:
+        return "no clear difference"
+    low, high = stats["low"], stats["high"]
+    if lower_is_better:
+        low, high = -high, -low
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no clear difference"
+
+
+def headline(
+    runs: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    groups: Mapping[str, str],
+    focus: str,
+    primary: Metric,
+    extra: Sequence[Metric] = (),
+    key: str = "test",
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """The focus row (MGS) against the best row of each group, with paired intervals.
+
+    For each group of `HEADLINE_GROUPS` (``"any"``: every row but the focus row), the row with
+    the best mean validation score of ``primary`` is chosen (`best_row`: the test split chooses
+    nothing), and the per-seed differences focus minus that row on the test split are reduced
+    to a mean with Student's t interval (`paired_differences`).
+
+    Args:
+      runs: results of `train.run`.
+      methods: the rows.
+      groups: each row's group: ``"pretrained"``, ``"mle"``, ``"control"``, ``"rl"``,
+        ``"search"`` or ``"mgs"``.
+      focus: the row under test.
+      primary: the metric compared.
+      extra: metrics shown beside it (means only), such as the length of continuations.
+      key: which parameters of each run (see `summarize`).
+      confidence: the level of the intervals.
+
+    Returns:
+      ``{"focus", "metric", "key", "confidence", "rows": [{"group", "label", "row",
+      "difference" (the stats of `paired_differences` or None), "verdict"}], "means": {row:
+      {metric: mean}}, "table", "markdown"}``; groups without a row are left out.
+    """
+    entries = []
+    for group, label in HEADLINE_GROUPS:
+        candidates = [
+            m for m in methods if m != focus and (groups.get(m) == group or group == "any")
+        ]
+        row = best_row(runs, candidates, primary, key)
+        if row is None:
+            continue
+        paired = paired_differences(runs, [focus], [primary], row, key=key, confidence=confidence)
+        stats = paired["rows"].get(focus, {}).get(primary.name)
+        entries.append(
+            {
+                "group": group,
+                "label": label,
+                "row": row,
+                "difference": stats,
+                "verdict": verdict(stats, primary.lower_is_better),
+            }
+        )
+    shown = [focus, *dict.fromkeys(e["row"] for e in entries)]
+    means = {}
+    for row in shown:
+        row_runs = [r for r in runs if r["method"] == row]
+        means[row] = {
+            m.name: float(np.mean([r[key][m.name] for r in row_runs])) if row_runs else math.nan
+            for m in (primary, *extra)
+        }
+    result = {
+        "focus": focus,
+        "metric": primary.name,
+        "key": key,
+        "confidence": confidence,
+        "rows": entries,
+        "means": means,
+    }
+    result["table"] = format_headline(result, primary, extra)
+    result["markdown"] = format_headline(result, primary, extra, markdown=True)
+    return result
+
+
+def format_headline(
+    result: Mapping[str, Any], primary: Metric, extra: Sequence[Metric] = (), markdown: bool = False
+) -> str:
+    """Renders `headline`'s output: one line per comparator, then the focus row's means.
+
+    Args:
+      result: the output of `headline`.
+      primary: the metric compared.
+      extra: the metrics shown beside it.
+      markdown: a markdown table instead of aligned text.
+
+    Returns:
+      The table, without a trailing newline.
+    """
+    focus = result["focus"]
+    label = primary.label or primary.name
+    arrow = "↓" if primary.lower_is_better else "↑"
+    confidence = round(100 * result["confidence"])
+    header = [
+        "compared with",
+        "row",
+        f"{label} {arrow}",
+        *((m.label or m.name) for m in extra),
+        f"Δ {focus} − row [{confidence}% CI]",
+        f"{focus} better on",
+        "verdict",
+    ]
+    means = result["means"]
+
+    def metric_cells(row: str) -> list[str]:
+        return [f"{means[row][m.name]:.4g}" for m in (primary, *extra)]
+
+    body = [["(the row under test)", focus, *metric_cells(focus), "", "", ""]]
+    for entry in result["rows"]:
+        difference, wins = format_difference(entry["difference"])
+        body.append(
+            [
+                entry["group"],
+                entry["row"],
+                *metric_cells(entry["row"]),
+                difference,
+                wins,
+                entry["verdict"],
+            ]
+        )
+    if markdown:
+        lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |"]
+        lines.append(
+            "|" + "|".join([":---", ":---"] + ["---:"] * (len(header) - 3) + [":---"]) + "|"
+        )
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = []
+    for cells in [header, None, *body]:
+        if cells is None:
+            lines.append("  ".join("-" * w for w in widths))
+            continue
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+    return "\n".join(lines)
 
 
 def plot_histories(

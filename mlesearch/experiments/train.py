@@ -18,6 +18,10 @@ checkpointing and resuming), and `make_train_step` (the jitted step of each meth
 - ``pg``: Adam on the REINFORCE surrogate with a moving-average baseline [2], optionally mixed with
   the MLE loss.
 - ``mrt``: Adam on the minimum risk training objective [3], optionally mixed with the MLE loss.
+- ``grpo``: Adam on the group-relative policy optimisation objective [6]: ``grpo.num_samples``
+  samples per input, each sample's advantage its cost against the others of its group
+  (normalised by the group's standard deviation, or leave-one-out with ``advantage="rloo"``
+  [7]), optionally mixed with the MLE loss.
 - ``guided_es`` / ``open_es``: the evosax adapters of `mlesearch.baselines` on the same task loss,
   their estimate of the task-loss gradient handed to Adam. Guided ES is guided, as MGS is, by
   Adam's update of the MLE gradient.
@@ -60,6 +64,10 @@ References:
   <https://arxiv.org/abs/1806.10230>`_, ICML 2019.
   [5] Salimans et al., `Evolution strategies as a scalable alternative to reinforcement learning
   <https://arxiv.org/abs/1703.03864>`_, 2017.
+  [6] Shao et al., `DeepSeekMath: pushing the limits of mathematical reasoning in open language
+  models <https://arxiv.org/abs/2402.03300>`_, 2024.
+  [7] Ahmadian et al., `Back to basics: revisiting REINFORCE style optimization for learning
+  from human feedback in LLMs <https://arxiv.org/abs/2402.14740>`_, ACL 2024.
 """
 
 from __future__ import annotations
@@ -84,7 +92,7 @@ import optax
 
 from mlesearch import baselines
 from mlesearch.experiments.configs.common import METHODS
-from mlesearch.experiments.tasks import TASKS, Task, make_task
+from mlesearch.experiments.tasks import TASKS, Task, fine_tuning_fields, make_task
 from mlesearch.recipes import with_mgs
 from mlesearch.transform import mgs
 
@@ -101,6 +109,7 @@ VALID_MLE_KEYS = ("nll", "mle_loss")
 
 PRETRAINED_DIR = "pretrained"
 RESULT_FILE = "result.json"
+GRPO_ADVANTAGES = ("grpo", "rloo")
 
 
 class TrainState(NamedTuple):
@@ -153,10 +162,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for name, value in positive.items():
         if int(value) < 1:
             raise ValueError(f"config.{name} must be at least 1, got {value}.")
-    for name in ("pg", "mrt"):
+    for name in ("pg", "mrt", "grpo"):
         weight = float(config[name].mle_weight)
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"config.{name}.mle_weight must be in [0, 1], got {weight}.")
+    grpo = config.grpo
+    if int(grpo.num_samples) < 2:
+        raise ValueError(
+            f"config.grpo.num_samples is the group size and must be at least 2 (a group of one "
+            f"sample has no advantage), got {grpo.num_samples}."
+        )
+    if grpo.advantage not in GRPO_ADVANTAGES:
+        raise ValueError(
+            f"config.grpo.advantage must be one of {GRPO_ADVANTAGES}, got {grpo.advantage!r}."
+        )
+    if not float(grpo.clip_epsilon) > 0:
+        raise ValueError(f"config.grpo.clip_epsilon must be > 0, got {grpo.clip_epsilon}.")
     if config.method in ("mgs", "mgs_after", "random_search"):
         # Builds the transformation once, so that a bad setting fails here with the field named,
         # not after pretraining.
@@ -176,14 +197,13 @@ def _config_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
 
 
 def _pretrain_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The fields that determine the pretrained checkpoint."""
+    """The fields that determine the pretrained checkpoint: the task's config without the
+    fields that only fine-tuning reads (`tasks.fine_tuning_fields`), and ``pretrain``."""
+    skipped = fine_tuning_fields(config.task)
+    task_config = {k: v for k, v in config.task_config.to_dict().items() if k not in skipped}
     return json.loads(
         _config_json(
-            {
-                "task": config.task,
-                "task_config": config.task_config.to_dict(),
-                "pretrain": config.pretrain.to_dict(),
-            }
+            {"task": config.task, "task_config": task_config, "pretrain": config.pretrain.to_dict()}
         )
     )
 
@@ -461,8 +481,8 @@ def evaluations_per_step(config: ml_collections.ConfigDict) -> int:
     """Batch-sized task-loss evaluations that one step of ``config.method`` makes.
 
     MGS, random search and the evolution strategies evaluate the task loss on the batch once per
-    candidate; policy gradient and minimum risk training score ``num_samples`` sampled outputs
-    per input, which is ``num_samples`` batches' worth; MLE makes none.
+    candidate; policy gradient, minimum risk training and GRPO score ``num_samples`` sampled
+    outputs per input, which is ``num_samples`` batches' worth; MLE makes none.
 
     Args:
       config: the experiment config.
@@ -478,6 +498,7 @@ def evaluations_per_step(config: ml_collections.ConfigDict) -> int:
         "random_search": int(config.mgs.num_candidates),
         "pg": int(config.pg.num_samples),
         "mrt": int(config.mrt.num_samples),
+        "grpo": int(config.grpo.num_samples),
         "guided_es": int(config.es.num_candidates),
         "open_es": int(config.es.num_candidates),
     }[config.method]
@@ -521,7 +542,7 @@ def make_optimizer(
     method = config.method
     if method == "pretrained":
         return optax.with_extra_args_support(optax.set_to_zero())
-    if method in ("mle", "pg", "mrt"):
+    if method in ("mle", "pg", "mrt", "grpo"):
         return optax.with_extra_args_support(optax.adam(learning_rate))
     if method in ("mgs", "random_search"):
         mix = 1.0 if method == "random_search" else float(config.mgs.mix)
@@ -563,6 +584,47 @@ def make_optimizer(
 
 
 _MGS_METHODS = ("mgs", "mgs_after", "random_search")
+_SAMPLING_METHODS = ("pg", "mrt", "grpo")
+
+
+def check_task_settings(task: Task, config: ml_collections.ConfigDict) -> None:
+    """Checks the fields of ``config`` that name something of the task's.
+
+    Args:
+      task: the task.
+      config: the experiment config; ``post_hoc`` and ``surrogate`` are read.
+
+    Raises:
+      ValueError: for a post-hoc correction or a surrogate loss that the task does not have.
+    """
+    _post_hoc(task, config)
+    surrogate_loss(task, config)
+
+
+def surrogate_loss(task: Task, config: ml_collections.ConfigDict) -> Callable[[Any, Any], Any]:
+    """The differentiable loss that fine-tuning uses: ``task.mle_loss`` or a named surrogate.
+
+    Args:
+      task: the task.
+      config: the experiment config; ``config.surrogate`` names one of ``task.surrogates``, or
+        is "" for ``task.mle_loss``.
+
+    Returns:
+      ``loss(params, batch) -> ()``.
+
+    Raises:
+      ValueError: for a name the task does not have.
+    """
+    name = str(config.get("surrogate", ""))
+    if not name:
+        return task.mle_loss
+    if name not in task.surrogates:
+        known = ", ".join(sorted(task.surrogates)) or "none"
+        raise ValueError(
+            f"config.surrogate={name!r} is not a surrogate loss of task {task.name!r} (it has: "
+            f"{known}). Use one of those, or '' for the MLE loss."
+        )
+    return task.surrogates[name]
 
 
 def make_train_step(
@@ -581,7 +643,8 @@ def make_train_step(
       and ``diagnostics`` is a dict of ``()`` float32 arrays (``mle_loss`` on the batch, and per
       method: ``ess``, ``guide_weight``, ``temperature`` and ``candidate_loss`` for MGS and random
       search; ``candidate_loss`` for the evolution strategies; ``cost``, ``baseline`` or
-      ``risk`` for PG and MRT). All its randomness comes from the keys in ``state``
+      ``risk`` for PG and MRT; ``cost`` for GRPO). ``mle_loss`` is the loss that fine-tuning
+      differentiates (`surrogate_loss`). All its randomness comes from the keys in ``state``
       (``fold_in(state.key, state.step)``, and those in the optimiser state), so one ``step``
       serves every seed.
     """
@@ -589,6 +652,7 @@ def make_train_step(
     method = config.method
     tx = make_optimizer(config)
     draw = batch_sampler(task, int(config.batch_size))
+    mle_loss_fn = surrogate_loss(task, config)
     if task.trainable is not None:
         frozen = lambda params: jax.tree.map(lambda t: not t, task.trainable(params))
         freeze = optax.masked(optax.set_to_zero(), frozen)
@@ -614,14 +678,25 @@ def make_train_step(
     def sampled_loss(
         params: Any, batch: Any, key: jax.Array, reference: Any, baseline: jax.Array, first: Any
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        cfg = config.pg if method == "pg" else config.mrt
+        cfg = config[method]
         samples = task.sample(params, batch, key, int(cfg.num_samples), reference)
         costs = jax.lax.stop_gradient(samples.costs.astype(jnp.float32))
         mask = samples.mask
         mle_weight = float(cfg.mle_weight)
-        mle_loss = task.mle_loss(params, batch)
+        mle_loss = mle_loss_fn(params, batch)
         cost = jnp.sum(jnp.where(mask, costs, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
         aux = {"mle_loss": mle_loss, "cost": cost}
+        if method == "grpo":
+            loss = baselines.grpo_loss(
+                samples.log_probs,
+                costs,
+                mask=mask,
+                clip_epsilon=float(cfg.clip_epsilon),
+                advantage=str(cfg.advantage),
+                mle_loss=mle_loss if mle_weight else None,
+                mle_weight=mle_weight,
+            )
+            return loss, aux
         if method == "pg":
             # The first step has no running baseline yet: start from the batch's mean cost.
             baseline = jnp.where(first, cost, baseline)
@@ -648,13 +723,13 @@ def make_train_step(
         batch = draw(batch_key)
         params = state.params
         baseline = state.baseline
-        if method in ("pg", "mrt"):
+        if method in _SAMPLING_METHODS:
             (_, diagnostics), grads = jax.value_and_grad(sampled_loss, has_aux=True)(
                 params, batch, sample_key, reference, baseline, state.step == 0
             )
             baseline = diagnostics.get("baseline", baseline)
         else:
-            mle_loss, grads = jax.value_and_grad(task.mle_loss)(params, batch)
+            mle_loss, grads = jax.value_and_grad(mle_loss_fn)(params, batch)
             diagnostics = {"mle_loss": mle_loss}
         updates, opt_state = tx.update(
             grads,
@@ -738,6 +813,11 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
 
 # ---------------------------------------------------------------------------------------------
 # The run.
+
+
+def _split_seed(config: ml_collections.ConfigDict) -> int | None:
+    seed = config.task_config.get("split_seed")
+    return None if seed is None else int(seed)
 
 
 def run_directory(workdir: str | Path, name: str, seed: int) -> Path:
@@ -864,9 +944,11 @@ def run(
       ``selected_step`` (the step of the kept parameters), ``test`` (test metrics of the kept
       parameters with ``config.select_checkpoint``, else of the last; None when not finished),
       ``test_selected`` and ``test_last`` (both), ``post_hoc`` (what the correction chose, per
-      ``"selected"`` and ``"last"``; None without one), ``pretrain`` (the record of `pretrain`)
-      and ``directory``; and ``params``, the parameters that ``test`` scored before any
-      post-hoc correction, which ``result.json`` leaves out.
+      ``"selected"`` and ``"last"``; None without one), ``pretrain`` (the record of `pretrain`),
+      ``surrogate`` (``config.surrogate``), ``pretrain_seed`` and ``split_seed`` (the task's
+      data split seed, None for tasks without one), and ``directory``; and ``params``, the
+      parameters that ``test`` scored before any post-hoc correction, which ``result.json``
+      leaves out.
 
     Raises:
       ValueError: for an invalid config, or a run directory holding checkpoints of another
@@ -876,6 +958,7 @@ def run(
 
     check_config(config)
     task = get_task(config) if task is None else task
+    check_task_settings(task, config)  # an unknown name fails before pretraining
     post_hoc = _post_hoc(task, config)
     workdir = Path(workdir)
     pretrained_dir = workdir / PRETRAINED_DIR if pretrained_dir is None else Path(pretrained_dir)
@@ -1002,6 +1085,9 @@ def run(
             "test_last": test_last,
             "post_hoc": post_hoc_info,
             "pretrain": {k: v for k, v in pretrain_record.items() if k != "fingerprint"},
+            "surrogate": str(config.get("surrogate", "")),
+            "pretrain_seed": int(config.pretrain.seed),
+            "split_seed": _split_seed(config),
             "directory": str(directory),
         }
         if finished:

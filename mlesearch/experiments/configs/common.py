@@ -9,6 +9,7 @@ METHODS = (
     "mgs_after",
     "pg",
     "mrt",
+    "grpo",
     "random_search",
     "guided_es",
     "open_es",
@@ -34,6 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
           both are recorded either way.
         post_hoc: the name of a post-hoc correction of the task's (``task.post_hoc``) applied to
           the fine-tuned parameters before testing, e.g. ``"logit_adjustment"``; "" for none.
+        surrogate: the differentiable loss that fine-tuning differentiates: "" for the task's
+          MLE loss, or the name of one of ``task.surrogates`` (e.g. ``"balanced"`` on
+          ``digits_lt``: cross-entropy on the class-balanced batch). Every method that uses the
+          MLE loss (MLE itself, the guide of MGS, the MLE term of PG, MRT and GRPO) uses it;
+          pretraining always uses the task's MLE loss.
         mgs: hyperparameters of ``mgs`` (``mlesearch.with_mgs``: ``probe_scale`` and
           ``clip_norm``, then those of `mlesearch.mgs`; ``auto_temperature`` selects
           ``temperature="auto"``). ``random_search`` is ``mgs`` with ``mix=1``; ``mgs_after``
@@ -41,13 +47,23 @@ def base_config() -> ml_collections.ConfigDict:
           ``probe_scale`` and ``clip_norm``.
         pg: REINFORCE (``num_samples`` per input, ``baseline_decay``, ``mle_weight``).
         mrt: minimum risk training (``num_samples``, ``alpha``, ``mle_weight``).
+        grpo: group-relative policy optimisation (``num_samples``: the group size k >= 2 per
+          input; ``advantage``: ``"grpo"`` (normalised by the group's std) or ``"rloo"``
+          (leave-one-out); ``clip_epsilon``; ``mle_weight``).
         es: the evosax baselines (``num_candidates``, ``sigma``, ``learning_rate``, and
           GuidedES's ``alpha``).
         task_config: the task's own fields (data sizes, model size, task loss).
         rows: the rows of ``mlesearch compare`` when ``--methods`` is not given: a group whose
           fields are row names, each a group of overrides of this config that names at least
           ``method`` (e.g. ``rows.mle_half_lr = {"method": "mle", "learning_rate": 5e-4}``).
-          A row name may be given to ``--methods`` as well.
+          A row name may be given to ``--methods`` as well. A row may also hold ``grid``: a
+          group of fields (nested as in the config) whose values are tuples, the settings that
+          were searched for the row; its own fields hold the values chosen, on the validation
+          split, from that grid.
+        tune: whether ``mlesearch compare`` searches each row's ``grid`` (every combination,
+          over the seeds of the comparison) and reports the combination with the best mean
+          validation score of the primary metric, instead of running the row's shipped
+          values.
         compare_methods: the rows (methods or names in ``rows``) that ``mlesearch compare``
           runs when ``--methods`` is not given, comma-separated, in the order of the table; ""
           for ``mle,mgs,pg,mrt``.
@@ -68,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 50
     config.select_checkpoint = True
     config.post_hoc = ""
+    config.surrogate = ""
 
     config.mgs = ml_collections.ConfigDict(
         dict(
@@ -87,10 +104,14 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.pg = ml_collections.ConfigDict(dict(num_samples=4, baseline_decay=0.9, mle_weight=0.0))
     config.mrt = ml_collections.ConfigDict(dict(num_samples=4, alpha=5e-3, mle_weight=0.0))
+    config.grpo = ml_collections.ConfigDict(
+        dict(num_samples=8, advantage="grpo", clip_epsilon=0.2, mle_weight=0.0)
+    )
     config.es = ml_collections.ConfigDict(
         dict(num_candidates=4, sigma=0.01, learning_rate=1.0, alpha=0.5)
     )
     config.task_config = ml_collections.ConfigDict()
     config.rows = ml_collections.ConfigDict()
     config.compare_methods = ""
+    config.tune = False
     return config

@@ -81,27 +81,49 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
+    # The rows. Every row fine-tunes the same layer for the same steps and selects its
+    # checkpoint on validation. A row's grid holds the settings searched for it; its own fields
+    # hold the values chosen from that grid on the validation split (see TUNING), which
+    # ``mlesearch compare digits_lt --config.tune=true`` searches again.
     lr = config.learning_rate
+    rates = (lr / 2, lr, lr * 2)
+    rl_grid = (lr / 2, lr, lr * 2, lr * 4)
+    mle_weights = (0.0, 0.25, 0.5)
+    mgs_grid = {"probe_scale": (1.0, 3.0, 10.0, 30.0), "target_ess": (0.125, 0.25, 0.5)}
+
+    def mle_row(**fields):
+        return {"method": "mle", "grid": {"learning_rate": rates}, **fields}
+
+    def rl_row(method, **fields):
+        grid = {"learning_rate": rl_grid, method: {"mle_weight": mle_weights}}
+        return {"method": method, "grid": grid, **fields}
+
     config.rows = ml_collections.ConfigDict(
         {
             "pretrained": {"method": "pretrained"},
-            "mle": {"method": "mle"},
-            "mle_half_lr": {"method": "mle", "learning_rate": lr / 2},
-            "mle_double_lr": {"method": "mle", "learning_rate": lr * 2},
-            "mle_logit_adjusted": {"method": "mle", "post_hoc": "logit_adjustment"},
-            "mgs": {"method": "mgs"},
+            # MLE on the natural (long-tailed) batch, and with post-hoc logit adjustment [1].
+            "mle": mle_row(),
+            "mle_logit_adjusted": mle_row(post_hoc="logit_adjustment"),
+            # The controls: the same layer fine-tuned by the standard long-tail losses.
+            "mle_balanced": mle_row(surrogate="balanced"),
+            "mle_class_weighted": mle_row(surrogate="class_weighted"),
+            "mle_la_loss": mle_row(surrogate="logit_adjusted"),
+            # MGS, and what it is made of.
+            "mgs": {"method": "mgs", "grid": {"mgs": mgs_grid}},
             "mgs_logit_adjusted": {"method": "mgs", "post_hoc": "logit_adjustment"},
             "mgs_uniform": {"method": "mgs", "mgs": {"weighting": "uniform"}},
             "random_search": {"method": "random_search"},
             "mgs_after": {"method": "mgs_after", "mgs": {"sigma": 1.0}},
-            "pg": {"method": "pg"},
-            "mrt": {"method": "mrt"},
+            # Policy-gradient baselines on the same balanced batch, with the MLE term mixed in.
+            "pg": rl_row("pg"),
+            "mrt": rl_row("mrt"),
+            "grpo": rl_row("grpo"),
             "open_es": {"method": "open_es"},
             "guided_es": {"method": "guided_es"},
         }
     )
     config.compare_methods = (
-        "pretrained,mle,mle_half_lr,mle_double_lr,mle_logit_adjusted,mgs,mgs_logit_adjusted,"
-        "mgs_uniform,random_search,mgs_after,pg,mrt,open_es,guided_es"
+        "pretrained,mle,mle_logit_adjusted,mle_balanced,mle_class_weighted,mle_la_loss,mgs,"
+        "mgs_logit_adjusted,mgs_uniform,random_search,mgs_after,pg,mrt,grpo,open_es,guided_es"
     )
     return config

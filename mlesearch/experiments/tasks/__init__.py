@@ -35,4 +35,35 @@ def make_task(name: str, config: Any) -> Task:
     return module.make_task(config)
 
 
-__all__ = ["TASKS", "Batch", "Metric", "Params", "Samples", "Task", "make_task"]
+def fine_tuning_fields(name: str) -> tuple[str, ...]:
+    """The fields of task ``name``'s config that only fine-tuning and evaluation read.
+
+    A task module lists them in ``FINE_TUNING_FIELDS`` (for example which task loss fine-tuning
+    minimises). Changing them leaves pretraining as it was, so the pretrained checkpoint is
+    reused rather than trained again.
+
+    Args:
+      name: one of ``TASKS``.
+
+    Returns:
+      The field names; empty for a task that lists none.
+
+    Raises:
+      ValueError: for an unknown name.
+    """
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r}; choose one of {TASKS}.")
+    module = importlib.import_module(f"mlesearch.experiments.tasks.{name}")
+    return tuple(getattr(module, "FINE_TUNING_FIELDS", ()))
+
+
+__all__ = [
+    "TASKS",
+    "Batch",
+    "Metric",
+    "Params",
+    "Samples",
+    "Task",
+    "fine_tuning_fields",
+    "make_task",
+]

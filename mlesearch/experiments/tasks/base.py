@@ -88,6 +88,10 @@ class Task:
       post_hoc: named post-hoc corrections, ``fn(params, reference) -> (params, info)``, fitted
         on the validation split after fine-tuning (``config.post_hoc`` picks one); ``info`` is a
         JSON-able record of what was chosen.
+      surrogates: named alternatives to ``mle_loss`` for fine-tuning,
+        ``fn(params, batch) -> ()`` (``config.surrogate`` picks one), such as the controls of a
+        long-tailed task (cross-entropy on class-balanced data, class-weighted or
+        logit-adjusted cross-entropy). Pretraining always uses ``mle_loss``.
     """
 
     name: str
@@ -105,4 +109,7 @@ class Task:
     post_hoc: Mapping[str, Callable[[Params, Params], tuple[Params, dict[str, Any]]]] = (
         # Left out of hashing: the training loop caches compiled steps by task.
         dataclasses.field(default_factory=dict, hash=False, compare=False)
+    )
+    surrogates: Mapping[str, Callable[[Params, Batch], jax.Array]] = dataclasses.field(
+        default_factory=dict, hash=False, compare=False
     )

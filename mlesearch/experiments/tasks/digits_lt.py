@@ -27,6 +27,19 @@ Post-hoc logit adjustment [1], the standard strong baseline for label shift, is 
 training split's class frequencies as prior and ``tau`` chosen on the validation split's
 macro-F1.
 
+The controls. MGS's task loss reads a class-balanced batch, which the natural cross-entropy
+never sees, so a win over plain MLE may come from that batch rather than from search. The
+task's ``surrogates`` (``config.surrogate``) are the standard long-tail losses, each
+differentiable, to fine-tune the same layer with:
+
+- ``"balanced"``: cross-entropy on the class-balanced batch that the task loss reads
+  (classifier re-training, cRT [3]);
+- ``"class_weighted"``: cross-entropy on the natural batch with each class weighted by the
+  inverse of its effective number of images, ``(1 - beta) / (1 - beta ** n_c)`` with
+  ``beta = CLASS_BALANCED_BETA`` [2] (within 5% of inverse frequency at these counts);
+- ``"logit_adjusted"``: the logit-adjusted cross-entropy [1], ``CE(z + tau * log(prior), y)``
+  with ``tau = 1``, on the natural batch.
+
 What does not live here: the training loop (`mlesearch.experiments.train`) and the experiment config
 (``configs/digits_lt.py``).
 
@@ -61,6 +74,11 @@ TASK_LOSS_BATCHES = ("balanced", "natural")
 IMAGE_SIDE = 8
 # The grid of tau for post-hoc logit adjustment: 0 (none) to 3 in steps of 0.25.
 LOGIT_ADJUSTMENT_TAUS = tuple(0.25 * i for i in range(13))
+# beta of the class-balanced loss of [2] (their CIFAR-LT choice).
+CLASS_BALANCED_BETA = 0.999
+# tau of the logit-adjusted loss of [1] (their default).
+LOGIT_ADJUSTED_LOSS_TAU = 1.0
+SURROGATES = ("balanced", "class_weighted", "logit_adjusted")
 
 DEFAULTS: dict[str, Any] = {
     "imbalance_ratio": 50.0,
@@ -178,6 +196,8 @@ def make_task(config: Mapping[str, Any]) -> Task:
       loss (1 - macro-F1 of the argmax predictions) and for the samples of PG and MRT (each
       sampled label costs its 0/1 error). ``evaluate`` returns ``"macro_f1"``,
       ``"balanced_accuracy"``, ``"nll"`` and ``"task_loss"`` (1 - macro-F1) on clean images.
+      ``surrogates`` holds the control losses of the module docstring, by name
+      (``SURROGATES``).
 
     Raises:
       ValueError: for unknown fields or values out of range.
@@ -243,6 +263,23 @@ def make_task(config: Mapping[str, Any]) -> Task:
 
     def mle_loss(params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
         logits = logits_fn(params, batch["inputs"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+
+    def balanced_loss(params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+        logits = logits_fn(params, batch["task_inputs"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["task_labels"]).mean()
+
+    effective_number = (1.0 - CLASS_BALANCED_BETA**counts) / (1.0 - CLASS_BALANCED_BETA)
+    class_weights = jnp.asarray(1.0 / effective_number, jnp.float32)
+
+    def class_weighted_loss(params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+        logits = logits_fn(params, batch["inputs"])
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        weights = class_weights[batch["labels"]]
+        return jnp.sum(weights * losses) / jnp.sum(weights)
+
+    def logit_adjusted_loss(params: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+        logits = logits_fn(params, batch["inputs"]) + LOGIT_ADJUSTED_LOSS_TAU * log_prior
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
 
     def task_loss(params: Any, batch: Mapping[str, jax.Array], reference: Any) -> jax.Array:
@@ -348,4 +385,9 @@ def make_task(config: Mapping[str, Any]) -> Task:
         describe=describe,
         trainable=trainable,
         post_hoc={"logit_adjustment": logit_adjustment},
+        surrogates={
+            "balanced": balanced_loss,
+            "class_weighted": class_weighted_loss,
+            "logit_adjusted": logit_adjusted_loss,
+        },
     )
