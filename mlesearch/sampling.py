@@ -49,6 +49,11 @@ _AUTO_LOG_BRACKET = 25.0
 # bisection steps that refine it inside one grid step (to 0.78 / 2**30).
 _AUTO_GRID_POINTS = 65
 _AUTO_BISECTION_STEPS = 30
+# Golden-section steps that find the largest ESS inside each grid step (to 0.78 · 0.618**30,
+# about 4e-7, float32's resolution of log α), where importance weights can reach the target in a
+# window narrower than the grid step and fall back on both sides.
+_AUTO_PEAK_STEPS = 30
+_INVERSE_GOLDEN_RATIO = (math.sqrt(5.0) - 1.0) / 2.0
 # ESS values within this relative distance of the largest count as tied for it.
 _AUTO_ESS_TIE = 1e-4
 
@@ -83,7 +88,8 @@ def proposal_scales(guide: chex.ArrayTree, sigma: chex.Numeric, noise: str = "ab
     does not spread to the noise. A relative scale is zero on a leaf where the guide is zero, or
     so small that it falls below the smallest normal float32 (about 1.2e-38): the leaf is then
     not searched. Every candidate carries its component's mean there (0 or :math:`u_\ell`) and
-    the leaf takes no part in the density (exact when :math:`u_\ell = 0`).
+    the leaf takes no part in the density (exact when :math:`u_\ell = 0`). A ``sigma`` that is
+    not positive (a traced σ ≤ 0) gives zero scales on every leaf, with either noise.
 
     Args:
       guide: the guide update u, a pytree of arrays.
@@ -99,6 +105,9 @@ def proposal_scales(guide: chex.ArrayTree, sigma: chex.Numeric, noise: str = "ab
     if noise not in NOISE_SCALES:
         raise ValueError(f"noise must be one of {NOISE_SCALES}, got {noise!r}.")
     sigma = jnp.asarray(sigma, jnp.float32)
+    # A negative scale would draw noise that log q (which skips leaves whose scale is not
+    # positive) leaves out.
+    sigma = jnp.where(sigma > 0, sigma, 0.0)
     if noise == "absolute":
         return jax.tree.map(lambda _: sigma, guide)
 
@@ -657,15 +666,24 @@ def _normalized_weights(
 
 
 def _scaled_loss(excess_loss: jax.Array, temperature: jax.Array) -> jax.Array:
-    """Loss gaps (>= 0) over α > 0; a gap that overflowed to inf stays inf, even at α = inf."""
-    return jnp.where(jnp.isinf(excess_loss), jnp.inf, excess_loss / temperature)
+    """Loss gaps (>= 0) over α; a gap that overflowed to inf stays inf, even at α = inf.
+
+    α that is not positive (≤ 0, as a schedule annealed to 0 reaches by rounding, or NaN) takes
+    the α → 0⁺ limit: a gap of 0 stays 0 and any other gap becomes +inf. Dividing instead would
+    flip the sign of every logit at α < 0 (all the weight on the worst candidate) and make 0 / 0
+    at α = 0.
+    """
+    positive = temperature > 0
+    scaled = excess_loss / jnp.where(positive, temperature, 1.0)
+    limit = jnp.where(excess_loss > 0, jnp.inf, 0.0)
+    return jnp.where(positive, jnp.where(jnp.isinf(excess_loss), jnp.inf, scaled), limit)
 
 
 def _softmax_and_log_mass(
     excess_loss: jax.Array, excess_log_q: jax.Array, valid: jax.Array, temperature: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """The weights, and log Σᵢ exp(log wᵢ) of their logits before normalising (-inf if none)."""
-    # excess_loss == 0 for the best candidate; 0 / α stays 0 for α > 0, and inf / α gives -inf.
+    # excess_loss == 0 for the best candidate: its loss term is 0 for every α, limit included.
     logits = jnp.where(valid, -_scaled_loss(excess_loss, temperature) - excess_log_q, -jnp.inf)
     top = jnp.max(logits)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
@@ -699,11 +717,19 @@ def candidate_weights(
     Candidates whose loss (or, for ``"importance"``, log q) is not finite get weight 0. If no
     candidate is usable, every weight is 0, never NaN.
 
+    A temperature that is not positive (α ≤ 0, as a schedule annealed to 0 reaches by float
+    rounding, or NaN) gives the exact α → 0⁺ limit, never the weights of a negative α: all the
+    weight on the usable candidates with the best loss. A tie among them is shared, in
+    proportion to :math:`1/q(\Delta_i)` for ``"importance"`` (the limit of its logits, whose
+    loss term is 0 for the tied candidates and :math:`-\infty` for the others) and equally for
+    ``"tilted"``.
+
     Args:
       candidate_losses: :math:`l_i = l(\theta + \Delta_i)`, shape ``(n,)``.
       log_proposals: :math:`\log q(\Delta_i)`, shape ``(n,)``. Required for ``"importance"``,
         ignored for ``"tilted"`` and ``"uniform"``.
-      temperature: α > 0, a scalar (may be traced); ignored for ``"uniform"``.
+      temperature: α, a scalar (may be traced): α > 0, or α ≤ 0 for the α → 0⁺ limit (above);
+        ignored for ``"uniform"``.
       weighting: ``"importance"``, ``"tilted"`` or ``"uniform"``.
 
     Returns:
@@ -782,7 +808,8 @@ def update_running_weighted_mean(
       candidate_losses: the chunk's losses, shape ``(c,)``.
       log_proposals: their log q, shape ``(c,)``; required for ``"importance"``.
       perturbations: their perturbations, leaves ``(c, *shape)``.
-      temperature: α > 0, the same for every chunk; ignored for ``"uniform"``.
+      temperature: α, the same for every chunk; α ≤ 0 takes the α → 0⁺ limit, as in
+        `candidate_weights`; ignored for ``"uniform"``.
       weighting: ``"importance"``, ``"tilted"`` or ``"uniform"``.
 
     Returns:
@@ -843,6 +870,51 @@ def effective_sample_size(weights: chex.Array) -> jax.Array:
     return jnp.where(sum_sq > 0, 1.0 / jnp.where(sum_sq > 0, sum_sq, 1.0), 0.0)
 
 
+def _largest_ess_between(
+    batched_ess: Any, lower: jax.Array, upper: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The point of largest ESS strictly inside each interval, by golden-section search.
+
+    Exact for an ESS with one peak (or none) in the interval; else it finds one of the peaks.
+
+    Args:
+      batched_ess: ``log α (m,) -> ESS (m,)``.
+      lower: the intervals' lower ends in log α, shape ``(m,)``.
+      upper: their upper ends, shape ``(m,)``.
+
+    Returns:
+      ``(points, ess)``: the point found in each interval and its ESS, both shape ``(m,)``.
+    """
+
+    def inner_points(low: jax.Array, high: jax.Array) -> tuple[jax.Array, jax.Array]:
+        gap = _INVERSE_GOLDEN_RATIO * (high - low)
+        return high - gap, low + gap
+
+    def shrink(_: int, search: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        # Invariant: low < left < right < high, the peak between low and high.
+        low, high, left, right, left_ess, right_ess = search
+        keep_left = left_ess >= right_ess  # the peak is then below right: drop (right, high].
+        low = jnp.where(keep_left, low, left)
+        high = jnp.where(keep_left, right, high)
+        new_left, new_right = inner_points(low, high)
+        probe = jnp.where(keep_left, new_left, new_right)
+        probe_ess = batched_ess(probe)
+        return (
+            low,
+            high,
+            jnp.where(keep_left, probe, right),
+            jnp.where(keep_left, left, probe),
+            jnp.where(keep_left, probe_ess, right_ess),
+            jnp.where(keep_left, left_ess, probe_ess),
+        )
+
+    left, right = inner_points(lower, upper)
+    start = (lower, upper, left, right, batched_ess(left), batched_ess(right))
+    _, _, left, right, left_ess, right_ess = jax.lax.fori_loop(0, _AUTO_PEAK_STEPS, shrink, start)
+    keep_left = left_ess >= right_ess
+    return jnp.where(keep_left, left, right), jnp.maximum(left_ess, right_ess)
+
+
 def auto_temperature(
     candidate_losses: chex.Array,
     log_proposals: chex.Array | None = None,
@@ -860,13 +932,16 @@ def auto_temperature(
     loss-driven end: as α grows from 0 the weights flatten away from the best candidate and the ESS
     rises from 1. For ``"tilted"`` and ``"uniform"`` it keeps rising to m, but for
     ``"importance"`` it need not: as α grows the weights tend to :math:`1/q`, which in high
-    dimension puts almost all weight on one candidate whatever its loss. So α is the first
-    crossing of the target from below: a grid of α from small to large finds the first grid point
-    whose ESS reaches the target, and bisection between it and the point before refines it.
-    Where no grid point reaches the target, α is the smallest grid point whose ESS is within a
-    relative 10⁻⁴ of the largest (on a plateau of the ESS, the most loss-driven). When fewer
-    than two distinct finite losses exist, α does not change the weights, and ``fallback`` is
-    returned. Jit-compatible: no Python branch on traced values.
+    dimension puts almost all weight on one candidate whatever its loss, and the ESS can rise
+    above the target only in a window of α narrower than the grid step. So α is the first
+    crossing of the target from below: a grid of α from small to large, with a golden-section
+    search for the largest ESS inside each of its steps, finds the first step where the ESS
+    reaches the target (at its upper grid point, or at the peak inside it), and bisection between
+    the step's lower grid point and that point refines it (inside one step the ESS is taken to
+    rise to one peak at most). Where nothing reaches the target, α is the smallest grid point
+    whose ESS is within a relative 10⁻⁴ of the largest (on a plateau of the ESS, the most
+    loss-driven). When fewer than two distinct finite losses exist, α does not change the
+    weights, and ``fallback`` is returned. Jit-compatible: no Python branch on traced values.
 
     Args:
       candidate_losses: :math:`l_i`, shape ``(n,)``.
@@ -897,10 +972,17 @@ def auto_temperature(
         return effective_sample_size(weights)
 
     grid = jnp.linspace(-_AUTO_LOG_BRACKET, _AUTO_LOG_BRACKET, _AUTO_GRID_POINTS)
-    grid_ess = jax.vmap(ess_at)(grid)
+    batched_ess = jax.vmap(ess_at)
+    grid_ess = batched_ess(grid)
     reached = grid_ess >= target
-    first = jnp.argmax(reached)  # the first grid point at the target (0 if none is).
-    step = grid[1] - grid[0]
+    # Inside each grid step, the point of largest ESS and its ESS (a golden-section search).
+    peak, peak_ess = _largest_ess_between(batched_ess, grid[:-1], grid[1:])
+    # The first grid step whose ESS reaches the target: at its upper grid point, or inside it.
+    step_reaches = reached[1:] | (peak_ess >= target)
+    first = jnp.argmax(step_reaches)  # 0 if none does.
+    # A point of that step at the target: its upper grid point if that reaches it (so that
+    # where the ESS rises through the grid, the bracket is the one between two grid points).
+    top = jnp.where(reached[first + 1], grid[first + 1], peak[first])
 
     def bisect(_: int, bracket: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         # Invariant: ESS(low) < target <= ESS(high), so a crossing lies between them.
@@ -909,16 +991,15 @@ def auto_temperature(
         too_peaked = ess_at(middle) < target
         return jnp.where(too_peaked, middle, low), jnp.where(too_peaked, high, middle)
 
-    low, high = jax.lax.fori_loop(
-        0, _AUTO_BISECTION_STEPS, bisect, (grid[first] - step, grid[first])
-    )
+    _, log_alpha = jax.lax.fori_loop(0, _AUTO_BISECTION_STEPS, bisect, (grid[first], top))
     # Reached at the smallest α already: keep it, the most loss-driven choice of the bracket.
-    log_alpha = jnp.where(first > 0, high, grid[0])
+    log_alpha = jnp.where(reached[0], grid[0], log_alpha)
     # Short of the target, the smallest α within a relative _AUTO_ESS_TIE of the largest ESS: on
     # a plateau of the ESS (importance weights tending to 1/q), its argmax would be decided by
     # float rounding, and differ between programs that sum in another order (chunk sizes).
     near_best = grid_ess >= jnp.max(grid_ess) * (1.0 - _AUTO_ESS_TIE)
-    log_alpha = jnp.where(jnp.any(reached), log_alpha, grid[jnp.argmax(near_best)])
+    reachable = reached[0] | jnp.any(step_reaches)
+    log_alpha = jnp.where(reachable, log_alpha, grid[jnp.argmax(near_best)])
     finfo = jnp.finfo(jnp.float32)
     alpha = jnp.clip(spread * jnp.exp(log_alpha), finfo.tiny, finfo.max)
     return jnp.where(informative, alpha, jnp.asarray(fallback, jnp.float32))

@@ -35,7 +35,9 @@ class MGSInfo(NamedTuple):
     weights: jax.Array  # (n,) float32: normalised weights w_i; all 0 if no loss was finite.
     ess: jax.Array  # () float32: ESS 1 / Σ w_i², in [1, m] for m usable candidates; 0 if none.
     guide_weight: jax.Array  # () float32: total weight on candidates from the guided component.
-    temperature: jax.Array  # () float32: the α used; the chosen one with temperature="auto".
+    # () float32: the α used; the chosen one with temperature="auto"; 0 where a traced α ≤ 0
+    # took the α → 0 limit (all weight on the best finite candidates).
+    temperature: jax.Array
 
 
 class MGSState(NamedTuple):
@@ -72,13 +74,23 @@ def _candidate_sharding(
 
 
 def _on_explicit_mesh(trees: Any) -> bool:
-    """Whether a mesh is in context, or any array of ``trees`` has an Explicit sharding type."""
+    """Whether a mesh is in context, or any array of ``trees`` is typed on a mesh with an
+    Explicit axis.
+
+    An array placed on such a mesh carries it in its type whether it is sharded over the mesh
+    or replicated on it (as the global arrays of a multi-process run are, made with
+    ``jax.make_array_from_process_local_data``), and it cannot meet an array typed on an Auto
+    copy of the mesh.
+    """
     if not jax.sharding.get_abstract_mesh().empty:
         return True
     for leaf in jax.tree.leaves(trees):
-        sharding = getattr(jax.typeof(leaf), "sharding", None)
-        mesh = getattr(sharding, "mesh", None)
-        if mesh is not None and not mesh.empty and any(e is not None for e in sharding.spec):
+        mesh = getattr(getattr(jax.typeof(leaf), "sharding", None), "mesh", None)
+        if (
+            mesh is not None
+            and not mesh.empty
+            and jax.sharding.AxisType.Explicit in mesh.axis_types
+        ):
             return True
     return False
 
@@ -154,13 +166,24 @@ def _constrain(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
     """Puts the leading (candidate) axis of every leaf of ``x`` on the candidate axis of the mesh.
 
     Explicit mesh axes carry their sharding in the arrays' types and are moved with
-    ``jax.sharding.reshard``; Auto axes take a ``with_sharding_constraint`` hint.
+    ``jax.sharding.reshard``, which splits an axis only evenly: a leading axis that the
+    candidate axis's devices do not divide (a chunk of 3 on 2 devices) is replicated instead,
+    every device evaluating all of it. Auto axes take a ``with_sharding_constraint`` hint.
     """
     if sharding is None:
         return x
-    if _is_explicit(sharding):
-        return jax.sharding.reshard(x, sharding)
-    return jax.lax.with_sharding_constraint(x, sharding)
+    if not _is_explicit(sharding):
+        return jax.lax.with_sharding_constraint(x, sharding)
+    axis = sharding.spec[0]
+    names = (axis,) if isinstance(axis, str) else tuple(axis)
+    devices = math.prod(sharding.mesh.shape[name] for name in names)
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(
+        lambda leaf: jax.sharding.reshard(
+            leaf, sharding if jnp.shape(leaf)[0] % devices == 0 else replicated
+        ),
+        x,
+    )
 
 
 # On CPU, large noise vectors drawn at once (n, or a chunk's) are drawn one after
@@ -616,7 +639,12 @@ def _step(
     one_by_one = not by_pairs and _draws_one_by_one(
         params, sharding, min(chunk, settings.num_candidates)
     )
-    alpha = jnp.asarray(settings.temperature, jnp.float32) if fixed_alpha else None
+    alpha = None
+    if fixed_alpha:
+        # A traced α that is not positive (a schedule annealed to 0 reaches -3e-8 by rounding)
+        # is the α → 0⁺ limit, which the weights take at α = 0 and MGSInfo reports as 0.
+        alpha = jnp.asarray(settings.temperature, jnp.float32)
+        alpha = jnp.where(alpha > 0, alpha, 0.0)
     use_log_q = settings.weighting == "importance"
     running_mean = start = None
     if alpha is not None and sharding is None:
@@ -657,6 +685,13 @@ def _step(
         mean_delta = _weighted_mean(
             weights, deltas, draw, guide, chunk, sharding, pairs, one_by_one
         )
+    # A traced σ that is not positive searches nothing: the update is the guide (zeros if it
+    # is not finite, so that nothing non-finite reaches the update).
+    searching = jnp.asarray(settings.sigma, jnp.float32) > 0
+    fallback = jax.tree.map(lambda u: jnp.where(guide_is_finite, u, 0.0), guide)
+    mean_delta = jax.tree.map(
+        lambda m, u: jnp.where(searching, m, u.astype(jnp.float32)), mean_delta, fallback
+    )
     info = MGSInfo(
         candidate_losses=losses,
         weights=weights,
@@ -732,15 +767,28 @@ def mgs(
     (each device evaluates n / D candidates), while params stay as they are (usually replicated).
     The batch of the task loss may be sharded over another axis of the same mesh. The mesh is
     used as given, with Auto or Explicit axes (``jax.make_mesh``'s default); with Explicit axes
-    and inputs sharded over them, the update takes the sharding of the guide. Under
-    ``jax.jit`` the result equals the single-device one, up to the order of floating-point sums.
+    and inputs placed on the mesh, sharded over it or replicated (as the global arrays of a
+    multi-process run, from ``jax.make_array_from_process_local_data``, are), the update takes
+    the sharding of the guide. Under Explicit axes a chunk of candidates that the devices do not
+    divide is evaluated whole on each of them. Under ``jax.jit`` the result equals the
+    single-device one, up to the order of floating-point sums.
+
+    Hyperparameters traced under ``optax.inject_hyperparams`` are not checked, and two values
+    that a check would reject have a meaning instead: a temperature that is not positive (α ≤ 0,
+    as a schedule annealed to 0 reaches by float rounding) is the α → 0 limit, all the weight on
+    the best finite candidates (a tie shared in proportion to 1/q for ``"importance"``, equally
+    for ``"tilted"``; see `mlesearch.candidate_weights`), and `MGSInfo` reports α = 0; a σ that is
+    not positive searches nothing, and the update is the guide (zeros if the guide is not
+    finite), while `MGSInfo` describes candidates drawn with zero noise.
 
     Args:
       num_candidates: n >= 1, candidates per step. Static.
-      sigma: σ > 0, finite, the noise scale. May be traced (``optax.inject_hyperparams``).
+      sigma: σ > 0, finite, the noise scale. May be traced (``optax.inject_hyperparams``);
+        a traced σ ≤ 0 returns the guide (above).
       temperature: α > 0, finite, or ``"auto"`` to choose α every step so that the ESS is
         ``target_ess`` times the number of candidates with a finite loss (the smallest such α;
-        see `mlesearch.auto_temperature`). May be traced.
+        see `mlesearch.auto_temperature`). May be traced; a traced α ≤ 0 is the α → 0 limit
+        (above).
       mix: λ in [0, 1], the share of zero-mean candidates: round(λ n) of them (stratified). λ = 1 is
         pure random search, λ = 0 guided only. Static.
       weighting: ``"importance"`` (targets p ∝ exp(-Δl/α)), ``"tilted"`` (targets q·exp(-Δl/α);
@@ -760,8 +808,8 @@ def mgs(
       mesh: a ``jax.sharding.Mesh`` whose devices share the candidates, or None (no constraint:
         XLA decides). Static.
       candidate_axis: the mesh axis name (or names) that the candidates are split over; defaults
-        to the mesh's first axis. n need not be a multiple of its size, but a multiple balances
-        the work. Static.
+        to the mesh's first axis. n (and the chunk size) need not be a multiple of its size, but
+        a multiple balances the work. Static.
       memory_budget: with ``chunk_size="auto"``, the bytes of float32 perturbations that may be
         live at once (default 1 GiB). Static.
 

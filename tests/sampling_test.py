@@ -167,6 +167,36 @@ def test_huge_losses_do_not_overflow():
     np.testing.assert_allclose(weights[3], 1.0)
 
 
+@pytest.mark.parametrize("temperature", [0.0, -3e-8, -1.0, np.nan])
+def test_non_positive_temperature_gives_the_zero_temperature_limit(temperature):
+    # The best finite loss (0.5) is tied between candidates 2 and 5; candidate 4's log q is not
+    # finite, and candidate 6 has a better loss but no finite loss. Tilted weights share the tie
+    # equally, importance weights in proportion to 1/q (the limit of exp(-Δl/α) / q as α → 0⁺).
+    losses = jnp.array([2.0, 1.0, 0.5, 3.0, 0.5, 0.5, jnp.nan, 1e30])
+    log_q = jnp.array([0.0, -1.0, -2.0, 1.0, jnp.nan, 0.5, 0.0, -3.0])
+    expected = {
+        "tilted": np.array([0, 0, 1, 0, 1, 1, 0, 0]) / 3.0,
+        "importance": np.array([0, 0, np.exp(2.0), 0, 0, np.exp(-0.5), 0, 0])
+        / (np.exp(2.0) + np.exp(-0.5)),
+        "uniform": np.array([1, 1, 1, 1, 1, 1, 0, 1]) / 7.0,
+    }
+    weigh = jax.jit(mls.candidate_weights, static_argnums=3)
+    for weighting, expected_weights in expected.items():
+        weights = weigh(losses, log_q, temperature, weighting)
+        np.testing.assert_allclose(weights, expected_weights, rtol=1e-6, err_msg=weighting)
+    deltas = {"w": jax.random.normal(jax.random.key(0), (8, 3))}
+    for weighting in ("importance", "tilted"):
+        chunked_log_q = log_q if weighting == "importance" else None
+        for chunks in ([[0, 1], [2, 3, 4], [5, 6, 7]], [[7], [6, 5], [4, 3, 2, 1, 0]]):
+            running = _fold_in_chunks(losses, chunked_log_q, deltas, temperature, weighting, chunks)
+            chex.assert_trees_all_close(
+                running.mean,
+                {"w": expected[weighting] @ np.asarray(deltas["w"])},
+                rtol=1e-5,
+                atol=1e-7,
+            )
+
+
 def test_effective_sample_size_extremes():
     np.testing.assert_allclose(mls.effective_sample_size(jnp.full(8, 1 / 8)), 8.0, rtol=1e-6)
     np.testing.assert_allclose(mls.effective_sample_size(jnp.eye(8)[3]), 1.0)
@@ -254,6 +284,20 @@ def test_auto_temperature_takes_the_first_crossing_when_the_ess_is_not_monotone(
     # Far past the crossing the worst candidate takes almost everything: not what auto picks.
     far = mls.candidate_weights(losses, log_q, 100.0, "importance")
     assert far[3] > 0.95
+
+
+@pytest.mark.parametrize("target", [0.75, 0.99])
+def test_auto_temperature_finds_a_target_reached_between_two_grid_points(target):
+    # -Δl/α - log q is 0 for every candidate at α = 0.5 only: the ESS climbs from 2 to 4 and
+    # falls to 1 again within about ±3% of it, narrower than the grid's step in log α (0.78).
+    losses = jnp.array([0.0, 0.0, 10.0, 20.0])
+    log_q = jnp.array([0.0, 0.0, -20.0, -40.0])
+    alpha = jax.jit(mls.auto_temperature, static_argnums=3)(losses, log_q, target, "importance")
+    ess = mls.effective_sample_size(mls.candidate_weights(losses, log_q, alpha, "importance"))
+    assert float(ess) >= target * 4 * (1 - 1e-4), (float(alpha), float(ess))
+    # The first crossing from below, on the rising side of the window.
+    np.testing.assert_allclose(ess, target * 4, rtol=1e-3)
+    assert 0.4 < float(alpha) <= 0.5
 
 
 def test_auto_temperature_counts_only_the_usable_candidates():

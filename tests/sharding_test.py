@@ -1,4 +1,5 @@
-"""Candidates split over 4 host devices give the single-device result, batch sharded or not.
+"""Candidates split over 4 host devices give the single-device result, batch sharded or not,
+inputs placed on the mesh or not.
 
 Each case runs in a fresh Python process, because the number of host devices is fixed when jax
 starts (``XLA_FLAGS=--xla_force_host_platform_device_count=4``).
@@ -36,9 +37,9 @@ SCRIPT = textwrap.dedent(
     def shrink(p, x, y):  # a guide whose gradient needs no batch (see the Explicit case below)
         return 0.5 * jnp.sum(p["w"] ** 2) + jnp.sum(p["b"])
 
-    def run(mgs, x, y, surrogate=ce):
+    def run(mgs, x, y, surrogate=ce, start=params):
         tx = optax.chain(optax.adam(0.1), mgs)
-        state = tx.init(params)
+        state = tx.init(start)
 
         @jax.jit
         def step(p, state, x, y):
@@ -46,7 +47,7 @@ SCRIPT = textwrap.dedent(
             u, state = tx.update(g, state, p, task_loss_fn=error, x=x, y=y)
             return optax.apply_updates(p, u), state
 
-        p = params
+        p = start
         for _ in range(3):
             p, state = step(p, state, x, y)
         hlo = step.lower(p, state, x, y).compile().as_text()
@@ -63,6 +64,17 @@ SCRIPT = textwrap.dedent(
     mesh = jax.make_mesh((4,), ("candidates",))
     sharded, state, hlo = run(mls.mgs(**kwargs, mesh=mesh), x, y)
     losses_spec = str(state[1].info.candidate_losses.sharding.spec)
+
+    # Params and batch replicated on that mesh, as a multi-process run places them
+    # (jax.make_array_from_process_local_data): their types carry the Explicit mesh, though
+    # nothing is split over it.
+    replicated = NamedSharding(mesh, P())
+    on_mesh, _, _ = run(
+        mls.mgs(**kwargs, mesh=mesh),
+        jax.device_put(x, replicated),
+        jax.device_put(y, replicated),
+        start=jax.device_put(params, replicated),
+    )
 
     # A 2 x 2 mesh: the batch split over "data", the candidates over "candidates".
     mesh2 = jax.make_mesh((2, 2), ("data", "candidates"), axis_types=(AxisType.Auto,) * 2)
@@ -89,6 +101,7 @@ SCRIPT = textwrap.dedent(
     per_device = 8 if chunk_size is None else min(chunk_size, 8)
     print(json.dumps(dict(
         one_axis=max_diff(reference, sharded),
+        replicated=max_diff(reference, on_mesh),
         two_axes=max_diff(reference, both),
         explicit=max_diff(plain, explicit),
         explicit_types=explicit_types,
@@ -108,6 +121,7 @@ def test_candidates_sharded_over_four_devices_match_one_device(run_python, chunk
     stdout = run_python(["-c", SCRIPT, json.dumps(chunk_size)], env=env)
     out = json.loads(stdout.strip().splitlines()[-1])
     assert out["one_axis"] < 1e-5, out
+    assert out["replicated"] < 1e-5, out
     assert out["two_axes"] < 1e-5, out
     assert "AxisType.Explicit" in out["explicit_types"], out
     assert out["explicit"] < 1e-5, out

@@ -1,6 +1,7 @@
 """Tests for the `mlesearch.mgs` transformation: the sampling-view limits and the API contract."""
 
 import contextlib
+import functools
 import logging
 import re
 import subprocess
@@ -146,6 +147,164 @@ def test_zero_temperature_limit_returns_best_candidate(weighting):
     np.testing.assert_allclose(info.weights, jax.nn.one_hot(best, 16), atol=1e-6)
     np.testing.assert_allclose(quadratic(THETA + updates), info.candidate_losses[best], rtol=1e-5)
     np.testing.assert_allclose(info.ess, 1.0, rtol=1e-5)
+
+
+_STATIC_ARGS = ("num_candidates", "mix", "key", "chunk_size", "antithetic")
+
+
+def _traced_step(guide, params, task_loss_fn, factory=mls.mgs, **tx_kwargs):
+    """A jitted step of ``inject_hyperparams(factory)(**tx_kwargs)`` from its initial state.
+
+    It takes the hyperparameters to change as keyword arguments, so they are traced, and one
+    compilation serves every value of them.
+    """
+    tx = optax.inject_hyperparams(factory, static_args=_STATIC_ARGS)(**tx_kwargs)
+    initial = tx.init(params)
+
+    @jax.jit
+    def step(guide, **hyperparams):
+        values = {name: jnp.asarray(v, jnp.float32) for name, v in hyperparams.items()}
+        state = initial._replace(hyperparams={**initial.hyperparams, **values})
+        return tx.update(guide, state, params, task_loss_fn=task_loss_fn)
+
+    return lambda **hyperparams: step(guide, **hyperparams)
+
+
+def test_temperature_annealed_to_zero_by_a_schedule_keeps_the_best_candidate():
+    # linear_schedule(1, 0, 3) reaches -2.98e-8 by float rounding. A negative α weighed
+    # exp(+Δl/|α|): all the weight on the worst candidate, and the loss climbed step after step.
+    schedule = optax.linear_schedule(1.0, 0.0, 3)
+    assert float(schedule(3)) <= 0.0
+    for weighting in ("importance", "tilted"):
+        search = optax.inject_hyperparams(mls.mgs, static_args=("num_candidates", "mix", "key"))(
+            temperature=schedule, num_candidates=8, sigma=0.1, weighting=weighting, key=0
+        )
+        tx = optax.chain(optax.sgd(0.1), search)
+        params = jnp.array([2.0, 2.0])
+        state = tx.init(params)
+
+        @jax.jit
+        def step(params, state, tx=tx):
+            grads = jax.grad(quadratic)(params)
+            updates, state = tx.update(grads, state, params, task_loss_fn=quadratic)
+            return optax.apply_updates(params, updates), state
+
+        loss = float(quadratic(params))
+        for count in range(7):
+            params, state = step(params, state)
+            info = state[1].inner_state.info
+            new_loss = float(quadratic(params))
+            assert new_loss < loss, (weighting, count, loss, new_loss)
+            loss = new_loss
+            if count >= 3:  # α ≤ 0 from here: the α → 0 limit, reported as 0
+                best = int(jnp.argmin(info.candidate_losses))
+                np.testing.assert_array_equal(info.weights, jax.nn.one_hot(best, 8))
+                np.testing.assert_allclose(new_loss, info.candidate_losses[best], rtol=1e-5)
+                assert float(info.temperature) == 0.0
+                assert float(info.ess) == 1.0
+
+
+@pytest.mark.parametrize("weighting", ["importance", "tilted"])
+@pytest.mark.parametrize(
+    "path", [{}, {"chunk_size": 3}, {"antithetic": True}, {"antithetic": True, "chunk_size": 2}]
+)
+def test_traced_non_positive_temperature_gives_the_best_candidate_in_every_path(weighting, path):
+    guide = jnp.array([0.2, -0.1])
+    key = jax.random.split(jax.random.key(4))[1]  # the step key that mgs splits off its state
+    scales = mls.proposal_scales(guide, 0.5)
+    antithetic = path.get("antithetic", False)
+    candidates = mls.sample_candidates(key, guide, scales, 8, 0.5, antithetic)
+    step = _traced_step(
+        guide, THETA, quadratic, num_candidates=8, sigma=0.5, weighting=weighting, key=4, **path
+    )
+    for alpha in (0.0, -3e-8, -1.0):
+        updates, state = step(temperature=alpha)
+        info = state.inner_state.info
+        best = int(jnp.argmin(info.candidate_losses))
+        np.testing.assert_array_equal(info.weights, jax.nn.one_hot(best, 8), err_msg=str(alpha))
+        assert float(info.temperature) == 0.0 and float(info.ess) == 1.0
+        np.testing.assert_allclose(updates, candidates[best], rtol=1e-6)
+        np.testing.assert_allclose(
+            quadratic(THETA + updates), info.candidate_losses[best], rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("weighting", ["importance", "tilted"])
+def test_zero_temperature_limit_shares_tied_best_candidates(weighting):
+    # A loss in whole units ties several candidates for the best. The α → 0 limit of the tilted
+    # weights shares equally among them; that of the importance weights in proportion to 1/q.
+    guide = jnp.array([0.2, -0.1])
+    step_loss = lambda theta: jnp.floor(quadratic(theta))
+    key = jax.random.split(jax.random.key(4))[1]
+    scales = mls.proposal_scales(guide, 0.5)
+    candidates = mls.sample_candidates(key, guide, scales, 12, 0.5)
+    log_q = jax.vmap(lambda d: mls.log_proposal_density(d, guide, scales, 0.5))(candidates)
+    results = [
+        _traced_step(
+            guide,
+            THETA,
+            step_loss,
+            num_candidates=12,
+            sigma=0.5,
+            weighting=weighting,
+            key=4,
+            chunk_size=chunk_size,
+        )(temperature=0.0)
+        for chunk_size in (None, 5)
+    ]
+    updates, state = results[0]
+    info = state.inner_state.info
+    losses = np.asarray(info.candidate_losses)
+    tied = losses == losses.min()
+    assert tied.sum() >= 2, losses
+    share = np.exp(-(log_q - log_q.max())) if weighting == "importance" else np.ones(12)
+    expected = np.where(tied, share, 0.0) / np.sum(np.where(tied, share, 0.0))
+    np.testing.assert_allclose(info.weights, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(updates, expected @ np.asarray(candidates), rtol=1e-5, atol=1e-7)
+    chunked_updates, chunked_state = results[1]
+    chex.assert_trees_all_close(chunked_updates, updates, atol=1e-6)
+    chex.assert_trees_all_close(chunked_state.inner_state.info, info, atol=1e-6)
+
+
+@pytest.mark.parametrize("weighting", ["importance", "tilted"])
+def test_with_mgs_with_a_zero_temperature_applies_the_best_candidate(weighting):
+    step = _traced_step(
+        jnp.array([0.4, -0.2]),
+        THETA,
+        quadratic,
+        factory=functools.partial(mls.with_mgs, optax.sgd(1.0)),
+        probe_scale=1.0,
+        clip_norm=None,
+        num_candidates=8,
+        sigma=0.5,
+        weighting=weighting,
+        temperature=1.0,
+        key=4,
+    )
+    updates, state = step(temperature=-3e-8)
+    losses = optax.tree.get(state, "candidate_losses")
+    best = int(jnp.argmin(losses))
+    np.testing.assert_array_equal(optax.tree.get(state, "weights"), jax.nn.one_hot(best, 8))
+    np.testing.assert_allclose(quadratic(THETA + updates), losses[best], rtol=1e-5)
+
+
+@pytest.mark.parametrize("noise", ["absolute", "relative"])
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_traced_non_positive_sigma_returns_the_guide(noise, chunk_size):
+    params = {"w": THETA, "b": jnp.array([0.1])}
+    loss = lambda p: quadratic(p["w"]) + jnp.sum(p["b"] ** 2)
+    guide = {"w": jnp.array([0.2, -0.1]), "b": jnp.array([0.05])}
+    broken = {"w": jnp.array([jnp.nan, -0.1]), "b": jnp.array([0.05])}
+    kwargs = dict(num_candidates=8, sigma=1.0, noise=noise, key=4, chunk_size=chunk_size)
+    step = _traced_step(guide, params, loss, **kwargs)
+    step_broken = _traced_step(broken, params, loss, **kwargs)
+    for sigma in (0.0, -1.0):
+        updates, state = step(sigma=sigma)
+        chex.assert_trees_all_equal(updates, guide)
+        chex.assert_tree_all_finite(_unwrap(state))
+        # A guide with a NaN must not reach the update, even then.
+        updates, _ = step_broken(sigma=sigma)
+        chex.assert_trees_all_equal(updates, optax.tree.zeros_like(guide))
 
 
 @pytest.mark.parametrize("chunk_size", [None, 3])
