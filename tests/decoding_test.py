@@ -15,7 +15,12 @@ from mlesearch.seq.decoding import (
     sample_decode,
     transformer_decoder,
 )
-from mlesearch.seq.models import TransformerConfig, TransformerLM, token_log_probs
+from mlesearch.seq.models import (
+    TransformerConfig,
+    TransformerLM,
+    init_cache,
+    token_log_probs,
+)
 
 # One layer keeps compilation short; models_test.py checks the cache of a two-layer model.
 CONFIG = TransformerConfig(
@@ -175,6 +180,33 @@ def test_decoder_without_prefill_steps_through_the_prompt(
     )(params, prompt)
     np.testing.assert_array_equal(output.tokens, greedy_output.tokens)
     chex.assert_trees_all_close(output.log_probs, greedy_output.log_probs, atol=1e-5)
+
+
+def test_transformer_decoder_matches_decoding_on_the_documented_cache(
+    params: chex.ArrayTree, prompt: jax.Array, greedy_output: DecodeOutput
+) -> None:
+    # The same loop on `TransformerLM.decode` and its `KVCache`: the decoder's own cache, in
+    # another order, must give the same tokens and log-probabilities.
+    def decode(params, tokens, cache, position):
+        return MODEL.apply(params, tokens, cache, position, method=TransformerLM.decode)
+
+    def step(params, cache, tokens, position):
+        logits, cache = decode(params, tokens[:, None], cache, position)
+        return logits[:, 0], cache
+
+    documented = Decoder(
+        init_cache=lambda batch_size: init_cache(CONFIG, batch_size),
+        step=step,
+        prefill=lambda params, cache, tokens: decode(params, tokens, cache, 0)[1],
+        max_len=CONFIG.max_len,
+    )
+    output = jax.jit(
+        lambda params, prompt: greedy_decode(
+            documented, params, prompt, max_new_tokens=NEW_TOKENS, eos_id=NO_EOS
+        )
+    )(params, prompt)
+    np.testing.assert_array_equal(output.tokens, greedy_output.tokens)
+    chex.assert_trees_all_close(output.log_probs, greedy_output.log_probs, atol=1e-6)
 
 
 def test_sampling_is_reproducible_and_depends_on_key(

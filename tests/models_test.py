@@ -14,6 +14,7 @@ from mlesearch.seq.models import (
     KVCache,
     TransformerConfig,
     TransformerLM,
+    _init_transposed_cache,
     init_cache,
     lm_loss,
     sequence_log_likelihood,
@@ -90,6 +91,33 @@ def test_cached_decoding_matches_full_forward(
     chex.assert_trees_all_close(
         jnp.concatenate(step_logits, axis=1), full_logits, atol=1e-5, rtol=1e-5
     )
+
+
+def test_decoding_loops_cache_gives_the_same_logits(
+    params: chex.ArrayTree, tokens: jax.Array, full_logits: jax.Array
+) -> None:
+    # The private cache of the decoding loops holds the same keys and values, positions last.
+    decode = jax.jit(
+        lambda params, chunk, cache, position: MODEL.apply(
+            params, chunk, cache, position, method=TransformerLM._decode_transposed
+        )
+    )
+    prefill_len = 4
+    cache = _init_transposed_cache(CONFIG, BATCH)
+    logits, cache = decode(params, tokens[:, :prefill_len], cache, 0)
+    step_logits = [logits]
+    for position in range(prefill_len, CONFIG.max_len):
+        logits, cache = decode(params, tokens[:, position : position + 1], cache, position)
+        step_logits.append(logits)
+    chex.assert_trees_all_close(
+        jnp.concatenate(step_logits, axis=1), full_logits, atol=1e-5, rtol=1e-5
+    )
+    documented = init_cache(CONFIG, BATCH)
+    _, documented = MODEL.apply(params, tokens, documented, 0, method=TransformerLM.decode)
+    for transposed, stored in zip(cache, documented, strict=True):
+        np.testing.assert_allclose(
+            jnp.transpose(transposed, (0, 1, 4, 2, 3)), stored, atol=1e-6, rtol=1e-6
+        )
 
 
 def test_init_cache_has_documented_shape() -> None:

@@ -17,7 +17,8 @@ from mlesearch import metrics
 from mlesearch.experiments.configs import text_completion as text_completion_config
 from mlesearch.experiments.tasks import text_completion as tc
 from mlesearch.experiments.tasks.base import Samples, Task
-from mlesearch.seq.decoding import DecodeOutput, sample_decode, transformer_decoder
+from mlesearch.seq.decoding import DecodeOutput, greedy_decode, sample_decode, transformer_decoder
+from mlesearch.seq.models import TransformerLM
 
 BATCH = 4
 NUM_CANDIDATES = 4
@@ -45,6 +46,7 @@ def tiny_config(cache_dir: str, task_loss: str = "lm") -> ml_collections.ConfigD
             batch_size=BATCH,
             task_loss=task_loss,
             rep_n=4,
+            length_weight=2.0,
             sample_temperature=1.0,
             dedupe_samples=False,
             eval_batch_size=8,
@@ -211,6 +213,14 @@ def test_make_task_rejects_bad_lengths(cache_dir: str) -> None:
     config = tiny_config(cache_dir, task_loss="bleu")
     with pytest.raises(ValueError, match="task_loss"):
         tc.make_task(config)
+    config = tiny_config(cache_dir)
+    config.train_decode_scale = 2.0  # 2 * 12 tokens > max_decode_len = 16
+    with pytest.raises(ValueError, match="train_decode_scale"):
+        tc.make_task(config)
+    config = tiny_config(cache_dir)
+    config.length_weight = -1.0
+    with pytest.raises(ValueError, match="length_weight"):
+        tc.make_task(config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +319,12 @@ def test_sample_log_probs_match_decoding_and_have_gradients(
 
 EVALUATE_KEYS = {
     "task_loss",
+    "task_loss_per_token",
+    "lm_nll",
+    "nll_per_token",
+    "degeneration",
+    "repetition_loss",
+    "len_ratio",
     "seq_rep_4",
     "non_term",
     "ppl",
@@ -328,7 +344,13 @@ def test_evaluate_returns_documented_finite_metrics(task: Task, params: dict) ->
         assert results.pop("num_examples") == 8
         assert all(isinstance(v, float) and math.isfinite(v) for v in results.values())
     assert {metric.name for metric in task.metrics} <= EVALUATE_KEYS
-    assert task.primary_metric in EVALUATE_KEYS
+    assert task.primary_metric == "lm_nll"
+    assert set(tc.PRIMARY_METRICS) == set(tc.TASK_LOSSES)
+    for task_loss, primary in tc.PRIMARY_METRICS.items():
+        names = [metric.name for metric in tc._table_metrics(task_loss)]
+        assert primary in names and set(names) <= EVALUATE_KEYS
+    # The configured task loss ("lm") is reported under its own name too.
+    assert results["task_loss"] == results["lm_nll"]
     assert 0 <= results["seq_rep_4"] < 1 and 0 <= results["non_term"] <= 1
     assert results["ppl"] > 1
     with pytest.raises(ValueError, match="split"):
@@ -357,17 +379,206 @@ def test_constant_token_model_is_fully_degenerate(
     logits = jnp.zeros(vocab_size).at[token].set(10.0 / math.sqrt(config.embed_dim))
     nll = -float(jax.nn.log_softmax(logits)[token])
     np.testing.assert_allclose(results["task_loss"], length * nll, rtol=1e-5)
+    np.testing.assert_allclose(results["lm_nll"], length * nll, rtol=1e-5)
+    np.testing.assert_allclose(results["nll_per_token"], nll, rtol=1e-5)
+    np.testing.assert_allclose(results["task_loss_per_token"], nll, rtol=1e-5)
+    np.testing.assert_allclose(results["repetition_loss"], seq_rep + 1.0, rtol=1e-6)
+    # Every reference continuation is shorter than ``length``: no length shortfall.
+    np.testing.assert_allclose(results["degeneration"], seq_rep + 1.0, rtol=1e-6)
+    np.testing.assert_allclose(results["len_ratio"], length / results["avg_len_ref"], rtol=1e-6)
     batch = task.train_batch(jax.random.key(8))
     losses = candidate_losses(stack([degenerate] * NUM_CANDIDATES), batch, degenerate)
     np.testing.assert_allclose(losses, length * nll, rtol=1e-5)
 
 
-def test_model_that_ends_at_once_never_repeats(task: Task, params: dict) -> None:
+def test_model_that_ends_at_once_never_repeats_but_falls_short(
+    task: Task, params: dict, data: tc.TextCompletionData, config: ml_collections.ConfigDict
+) -> None:
     ending = constant_token_params(params, tc.EOS_ID)
     results = task.evaluate(ending, params, "valid")
     assert results["non_term"] == 0.0
     assert results["seq_rep_4"] == 0.0
+    assert results["repetition_loss"] == 0.0
     assert results["avg_len"] == 1.0
+    # Each continuation is EOS alone: its summed NLL is -log p(EOS | prefix) under the reference.
+    tokens = data.splits["valid"]
+    model = TransformerLM(tc.model_config(config, data.vocab_size))
+    logits = np.asarray(model.apply(params, jnp.asarray(tokens[:, : config.prefix_len])))
+    eos_nll = -np.asarray(jax.nn.log_softmax(logits[:, -1]))[:, tc.EOS_ID]
+    np.testing.assert_allclose(results["lm_nll"], eos_nll.mean(), rtol=1e-5)
+    np.testing.assert_allclose(results["nll_per_token"], eos_nll.mean(), rtol=1e-5)
+    reference_lengths = np.argmax(tokens[:, config.prefix_len :] == tc.EOS_ID, axis=1) + 1
+    np.testing.assert_allclose(results["avg_len_ref"], reference_lengths.mean())
+    np.testing.assert_allclose(results["len_ratio"], 1.0 / reference_lengths.mean(), rtol=1e-6)
+    shortfall = 1.0 - 1.0 / reference_lengths
+    np.testing.assert_allclose(
+        results["degeneration"], config.length_weight * shortfall.mean(), rtol=1e-6
+    )
+
+
+def eos_leaning_params(params: dict, strength: float = 6.0) -> dict:
+    """``params`` with the final LayerNorm's bias pushed towards EOS: some greedy continuations
+    of the tiny model end at once, the others never (lengths 1 and ``max_decode_len``)."""
+    inner = jax.tree.map(lambda x: x, params["params"])
+    eos_embedding = inner["token_embed"]["embedding"][tc.EOS_ID]
+    bias = inner["final_norm"]["bias"] + strength * eos_embedding / jnp.linalg.norm(eos_embedding)
+    inner["final_norm"] = {"scale": inner["final_norm"]["scale"], "bias": bias}
+    return {"params": inner}
+
+
+def seq_rep_by_hand(tokens: list[int], n: int) -> float:
+    """1 - unique / all n-grams of the tokens before the first EOS (0 with no n-gram)."""
+    if tc.EOS_ID in tokens:
+        tokens = tokens[: tokens.index(tc.EOS_ID)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def test_evaluate_matches_a_computation_row_by_row(
+    task: Task,
+    params: dict,
+    data: tc.TextCompletionData,
+    config: ml_collections.ConfigDict,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Continuations that end at once are scored on their first 4 columns, the others on all 16.
+    monkeypatch.setattr(tc, "_LM_WIDTH_STEP", 4)
+    evaluated = eos_leaning_params(params)
+    results = task.evaluate(evaluated, params, "valid")
+
+    tokens = data.splits["valid"]
+    prefix = jnp.asarray(tokens[:, : config.prefix_len])
+    model_config = tc.model_config(config, data.vocab_size)
+    output = greedy_decode(
+        transformer_decoder(model_config),
+        evaluated,
+        prefix,
+        max_new_tokens=config.max_decode_len,
+        eos_id=tc.EOS_ID,
+        pad_id=tc.PAD_ID,
+    )
+    continuations, lengths = np.asarray(output.tokens), np.asarray(output.lengths)
+    # Both kinds of continuation, so that sums over tokens differ from means over rows.
+    assert len(set(lengths.tolist())) > 1
+    # The summed NLL under the reference from one full-width forward pass, in float64.
+    full = np.concatenate([np.asarray(prefix), continuations], axis=1)
+    logits = np.asarray(TransformerLM(model_config).apply(params, jnp.asarray(full[:, :-1])))
+    logits = logits[:, config.prefix_len - 1 :].astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    token_log_probs = np.take_along_axis(log_probs, continuations[..., None], axis=-1)[..., 0]
+    inside = np.arange(config.max_decode_len)[None, :] < lengths[:, None]
+    lm_nll = -(token_log_probs * inside).sum(axis=1)
+    repetition = np.array(
+        [seq_rep_by_hand(row.tolist(), config.rep_n) for row in continuations]
+    ) + np.array([float(tc.EOS_ID not in row) for row in continuations])
+    reference_lengths = np.argmax(tokens[:, config.prefix_len :] == tc.EOS_ID, axis=1) + 1
+    shortfall = np.maximum(0.0, 1.0 - lengths / reference_lengths)
+
+    np.testing.assert_allclose(results["lm_nll"], lm_nll.mean(), rtol=1e-5)
+    np.testing.assert_allclose(results["task_loss"], lm_nll.mean(), rtol=1e-5)
+    np.testing.assert_allclose(results["nll_per_token"], lm_nll.sum() / lengths.sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+        results["task_loss_per_token"], lm_nll.sum() / lengths.sum(), rtol=1e-5
+    )
+    np.testing.assert_allclose(results["repetition_loss"], repetition.mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        results["degeneration"],
+        (repetition + config.length_weight * shortfall).mean(),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(results["avg_len"], lengths.mean())
+    np.testing.assert_allclose(
+        results["len_ratio"], lengths.mean() / reference_lengths.mean(), rtol=1e-6
+    )
+
+
+def test_degeneration_task_scores_samples_and_greedy_continuations_alike(
+    cache_dir: str, data: tc.TextCompletionData
+) -> None:
+    config = tiny_config(cache_dir, task_loss="degeneration")
+    config.train_decode_scale = 1.0  # fine-tuning cuts continuations at the batch's longest
+    task = tc.make_task(config)
+    assert task.primary_metric == "degeneration"
+    params = eos_leaning_params(task.init_params(jax.random.key(0)))
+    batch = task.train_batch(jax.random.key(4))
+    tokens = batch["tokens"]
+    prefix_len, num_samples = config.prefix_len, 3
+    decode_len = tc.train_decode_len(config)
+    budget = tc.decode_budget(tokens[:, prefix_len:], config.train_decode_scale)
+    reference_lengths = tc.continuation_lengths(
+        tokens[:, prefix_len:], tokens.shape[1] - prefix_len
+    )
+    decoder = transformer_decoder(tc.model_config(config, data.vocab_size))
+    key = jax.random.key(5, impl="rbg")
+
+    def costs(continuation: jax.Array, lengths: jax.Array, rows: jax.Array) -> jax.Array:
+        continuation, lengths = tc.cut_at_budget(continuation, lengths, budget)
+        return tc.continuation_costs(
+            "degeneration",
+            None,
+            None,
+            None,
+            continuation,
+            lengths,
+            config.rep_n,
+            reference_lengths=rows,
+            length_weight=config.length_weight,
+        )
+
+    @jax.jit
+    def task_and_by_hand(params: dict) -> tuple[Samples, jax.Array, jax.Array, jax.Array]:
+        samples = task.sample(params, batch, key, num_samples, params)
+        repeated = jnp.repeat(tokens[:, :prefix_len], num_samples, axis=0)
+        sampled = sample_decode(
+            decoder, params, repeated, key, max_new_tokens=decode_len, eos_id=tc.EOS_ID
+        )
+        sample_costs = costs(
+            sampled.tokens, sampled.lengths, jnp.repeat(reference_lengths, num_samples)
+        )
+        greedy = greedy_decode(
+            decoder, params, tokens[:, :prefix_len], max_new_tokens=decode_len, eos_id=tc.EOS_ID
+        )
+        greedy_costs = costs(greedy.tokens, greedy.lengths, reference_lengths)
+        return samples, sample_costs, task.task_loss(params, batch, params), greedy_costs
+
+    samples, sample_costs, task_loss, greedy_costs = task_and_by_hand(params)
+    np.testing.assert_allclose(samples.costs, sample_costs.reshape(BATCH, num_samples), rtol=1e-6)
+    np.testing.assert_allclose(task_loss, jnp.mean(greedy_costs), rtol=1e-6)
+
+
+# A value other than `config`'s for each of `FINE_TUNING_FIELDS`.
+FINE_TUNING_CHANGES = {
+    "task_loss": "degeneration",
+    "rep_n": 3,
+    "length_weight": 0.5,
+    "sample_temperature": 0.7,
+    "dedupe_samples": False,
+    "train_decode_scale": 1.0,
+    "eval_batch_size": 3,
+}
+
+
+def test_fine_tuning_fields_leave_pretraining_as_it_was(
+    config: ml_collections.ConfigDict, task: Task, params: dict
+) -> None:
+    assert set(FINE_TUNING_CHANGES) == set(tc.FINE_TUNING_FIELDS)
+    changed = ml_collections.ConfigDict(config.to_dict())
+    for field, value in FINE_TUNING_CHANGES.items():
+        assert config.get(field) != value
+        changed[field] = value
+    other = tc.make_task(changed)
+    jax.tree.map(np.testing.assert_array_equal, other.init_params(jax.random.key(0)), params)
+    key = jax.random.key(11)
+    np.testing.assert_array_equal(other.train_batch(key)["tokens"], task.train_batch(key)["tokens"])
+    for split in ("valid", "test"):
+        assert other.evaluate_mle(params, split) == task.evaluate_mle(params, split)
+
+
+def test_chunks_are_as_even_as_possible() -> None:
+    assert tc._chunk_size(500, 256) == 250
+    assert tc._chunk_size(690, 256) == 230
+    assert tc._chunk_size(8, 8) == 8
+    assert tc._chunk_size(3, 256) == 3
 
 
 def test_repetition_costs() -> None:
@@ -387,6 +598,41 @@ def test_repetition_costs() -> None:
     np.testing.assert_allclose(costs, [6 / 7 + 1, 1 / 5, 0.0, 1.0], rtol=1e-6)
     with pytest.raises(ValueError, match="task_loss"):
         tc.continuation_costs("bleu", None, None, None, continuation, lengths)
+
+
+def test_degeneration_costs() -> None:
+    pad, eos = tc.PAD_ID, tc.EOS_ID
+    reference = [5, 6, 7, 8, 9, 5, 6, 7, 8, eos]  # 10 tokens with EOS; 1 of 6 four-grams repeats
+    continuation = jnp.array(
+        [
+            [eos] + [pad] * 9,  # ends at once: 9/10 of the reference's length missing
+            [7] * 10,  # never ends, one 4-gram seven times, as long as the reference
+            reference,  # the reference itself: its own seq-rep-4 only
+            [5, 6, 7, 8, eos, pad, pad, pad, pad, pad],  # half the reference's length
+        ],
+        jnp.int32,
+    )
+    lengths = tc.continuation_lengths(continuation, 10)
+    reference_lengths = jnp.full((4,), 10, jnp.int32)
+    weight = 2.0
+    costs = tc.continuation_costs(
+        "degeneration",
+        None,
+        None,
+        None,
+        continuation,
+        lengths,
+        reference_lengths=reference_lengths,
+        length_weight=weight,
+    )
+    np.testing.assert_allclose(costs, [weight * 0.9, 6 / 7 + 1, 1 / 6, weight * 0.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        tc.length_shortfall(lengths, reference_lengths), [0.9, 0.0, 0.0, 0.5], rtol=1e-6
+    )
+    # Longer than the reference costs nothing extra: running on pays through non-termination.
+    np.testing.assert_allclose(tc.length_shortfall(jnp.array([25]), jnp.array([10])), [0.0], atol=0)
+    with pytest.raises(ValueError, match="reference_lengths"):
+        tc.continuation_costs("degeneration", None, None, None, continuation, lengths)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,12 +45,16 @@ def summarize(
       ``{"columns": [{"name", "label", "lower_is_better"}], "rows": [{"method", "num_seeds",
       "cells": {name: {"mean", "std", "best"}}}]}``. ``std`` is the sample standard deviation
       over seeds (0 for one seed); ``best`` marks the best mean of each metric column (ties
-      included). The cost columns (``seconds``, ``task_loss_evaluations``) are not marked.
+      included). The cost columns (``seconds``, ``task_loss_evaluations``, with ``"cost":
+      True``) and metrics without a direction (``lower_is_better`` None) are not marked.
     """
     columns = [
         {"name": m.name, "label": m.label or m.name, "lower_is_better": m.lower_is_better}
         for m in metrics
-    ] + [{"name": name, "label": label, "lower_is_better": None} for name, label in COST_COLUMNS]
+    ] + [
+        {"name": name, "label": label, "lower_is_better": None, "cost": True}
+        for name, label in COST_COLUMNS
+    ]
     rows = []
     for method in methods:
         method_runs = [r for r in runs if r["method"] == method]
@@ -58,10 +62,7 @@ def summarize(
         for column in columns:
             name = column["name"]
             values = np.array(
-                [
-                    r[key][name] if column["lower_is_better"] is not None else r[name]
-                    for r in method_runs
-                ],
+                [r[name] if column.get("cost") else r[key][name] for r in method_runs],
                 dtype=np.float64,
             )
             std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -140,7 +141,7 @@ def format_table(
             text = _format_cell(cell, column["name"], row["num_seeds"])
             if markdown:
                 text = f"**{text}**" if cell["best"] else text
-            elif column["lower_is_better"] is not None:
+            elif column["lower_is_better"] is not None or not column.get("cost"):
                 text += " *" if cell["best"] else "  "  # keeps the digits aligned
             cells.append(text)
         if paired is not None:

@@ -24,7 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from mlesearch import _utils
-from mlesearch.seq.models import KVCache, TransformerConfig, TransformerLM, init_cache
+from mlesearch.seq.models import (
+    TransformerConfig,
+    TransformerLM,
+    _init_transposed_cache,
+    _TransposedCache,
+)
 
 Params = Any
 Cache = Any
@@ -73,8 +78,11 @@ class DecodeOutput(NamedTuple):
 def transformer_decoder(config: TransformerConfig) -> Decoder:
     """Returns the `Decoder` of a `models.TransformerLM` with this configuration.
 
-    The cache is the model's explicit `models.KVCache`; prefill runs the prompt in one call of
-    `TransformerLM.decode`, and each step runs one token.
+    The cache holds the keys and values of `models.KVCache` with the positions last
+    (``models._TransposedCache``), the order in which XLA's matrix products take them, so that a
+    step reads the cache as it lies; in `KVCache`'s order every step would first copy the whole
+    cache. Prefill runs the prompt in one call, and each step runs one token, with the logits of
+    `TransformerLM.decode`.
 
     Args:
       config: the model's configuration; ``params`` passed to the decoding loops are those of
@@ -85,19 +93,19 @@ def transformer_decoder(config: TransformerConfig) -> Decoder:
     """
     model = TransformerLM(config)
 
-    def init_fn(batch_size: int) -> KVCache:
-        return init_cache(config, batch_size)
+    def init_fn(batch_size: int) -> _TransposedCache:
+        return _init_transposed_cache(config, batch_size)
 
-    def prefill_fn(params: Params, cache: KVCache, tokens: jax.Array) -> KVCache:
+    def prefill_fn(params: Params, cache: _TransposedCache, tokens: jax.Array) -> _TransposedCache:
         # The logits are unused, and XLA drops their computation under jit.
-        _, cache = model.apply(params, tokens, cache, 0, method=TransformerLM.decode)
+        _, cache = model.apply(params, tokens, cache, 0, method=TransformerLM._decode_transposed)
         return cache
 
     def step_fn(
-        params: Params, cache: KVCache, tokens: jax.Array, position: jax.Array
-    ) -> tuple[jax.Array, KVCache]:
+        params: Params, cache: _TransposedCache, tokens: jax.Array, position: jax.Array
+    ) -> tuple[jax.Array, _TransposedCache]:
         logits, cache = model.apply(
-            params, tokens[:, None], cache, position, method=TransformerLM.decode
+            params, tokens[:, None], cache, position, method=TransformerLM._decode_transposed
         )
         return logits[:, 0], cache
 

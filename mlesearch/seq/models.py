@@ -19,7 +19,11 @@ embeddings ~ N(0, 1)) has logits of order one.
 
 The cache is an explicit pytree passed in and returned, rather than a flax ``cache`` collection,
 so that decoding is a pure function of ``(params, cache)``; this makes it easy to ``jax.vmap``
-over parameter candidates.
+over parameter candidates. The decoding loops of `decoding.py` keep the same keys and values in
+another order, positions last (the private `_TransposedCache`, through
+`TransformerLM._decode_transposed`): the order in which XLA's matrix products take them, so that
+a step reads the cache as it lies instead of first copying all of it. The products, and so the
+logits, are the same.
 
 References:
   [1] Vaswani, Shazeer, Parmar, Uszkoreit, Jones, Gomez, Kaiser and Polosukhin, "Attention Is All
@@ -112,6 +116,46 @@ def init_cache(config: TransformerConfig, batch_size: int) -> KVCache:
     return KVCache(keys=jnp.zeros(shape, config.dtype), values=jnp.zeros(shape, config.dtype))
 
 
+class _TransposedCache(NamedTuple):
+    """`KVCache`'s keys and values with the positions last, for decoding loops.
+
+    Attention multiplies, for each sequence and head, the query by a ``(head_dim, positions)``
+    matrix of keys and the weights by the same matrix of values. With `KVCache`'s order XLA first
+    copies the whole cache into that order, at every step and layer; here the matrices are stored
+    that way, so the same products read the cache as it lies.
+    """
+
+    keys: jax.Array  # (num_layers, batch, num_heads, head_dim, max_len), config.dtype
+    values: jax.Array  # (num_layers, batch, num_heads, head_dim, max_len), config.dtype
+
+
+def _init_transposed_cache(config: TransformerConfig, batch_size: int) -> _TransposedCache:
+    """An empty `_TransposedCache` for `TransformerLM._decode_transposed`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    shape = (config.num_layers, batch_size, config.num_heads, config.head_dim, config.max_len)
+    return _TransposedCache(
+        keys=jnp.zeros(shape, config.dtype), values=jnp.zeros(shape, config.dtype)
+    )
+
+
+def _written(
+    cache: KVCache | _TransposedCache, keys: jax.Array, values: jax.Array, start: tuple
+) -> KVCache | _TransposedCache:
+    """``cache`` with one layer's new ``keys`` and ``values`` written from index ``start``.
+
+    The update goes into the stacked arrays of every layer rather than into a copy of the layer's
+    slice, so that inside a decoding loop XLA updates the cache in place; restacking the layers
+    would copy the whole cache at every step.
+    """
+    return type(cache)(
+        keys=jax.lax.dynamic_update_slice(cache.keys, keys[None].astype(cache.keys.dtype), start),
+        values=jax.lax.dynamic_update_slice(
+            cache.values, values[None].astype(cache.values.dtype), start
+        ),
+    )
+
+
 class _CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention, with or without a key/value cache."""
 
@@ -121,10 +165,11 @@ class _CausalSelfAttention(nn.Module):
     def __call__(
         self,
         inputs: jax.Array,
-        layer_cache: tuple[jax.Array, jax.Array] | None,
+        cache: KVCache | _TransposedCache | None,
+        layer: int,
         position: jax.Array | int,
         deterministic: bool,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    ) -> tuple[jax.Array, KVCache | _TransposedCache | None]:
         config = self.config
         length = inputs.shape[1]
         qkv = nn.DenseGeneral(
@@ -132,29 +177,32 @@ class _CausalSelfAttention(nn.Module):
         )(inputs)  # (batch, length, 3, heads, head_dim)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         query_positions = position + jnp.arange(length)
-        if layer_cache is None:
-            keys, values = key, value
+        # ``key_axes`` names the axes of ``keys`` and ``values``: (batch, key, heads, head_dim)
+        # or, in a `_TransposedCache`, (batch, heads, head_dim, key).
+        if cache is None:
+            keys, values, key_axes = key, value, "bkhd"
             key_positions = jnp.arange(length)
+        elif isinstance(cache, _TransposedCache):
+            positions_last = (jnp.transpose(key, (0, 2, 3, 1)), jnp.transpose(value, (0, 2, 3, 1)))
+            cache = _written(cache, *positions_last, (layer, 0, 0, 0, position))
+            keys, values, key_axes = cache.keys[layer], cache.values[layer], "bhdk"
+            key_positions = jnp.arange(config.max_len)
         else:
-            cached_keys, cached_values = layer_cache
-            start = (0, position, 0, 0)
-            keys = jax.lax.dynamic_update_slice(cached_keys, key.astype(cached_keys.dtype), start)
-            values = jax.lax.dynamic_update_slice(
-                cached_values, value.astype(cached_values.dtype), start
-            )
+            cache = _written(cache, key, value, (layer, 0, position, 0, 0))
+            keys, values, key_axes = cache.keys[layer], cache.values[layer], "bkhd"
             key_positions = jnp.arange(config.max_len)
         causal = key_positions[None, :] <= query_positions[:, None]  # (length, key_length)
 
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, keys) / math.sqrt(config.head_dim)
+        scores = jnp.einsum(f"bqhd,{key_axes}->bhqk", query, keys) / math.sqrt(config.head_dim)
         # Softmax in float32 even for bf16 models: masked scores use the float32 minimum.
         scores = jnp.where(causal, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(config.dtype)
         weights = nn.Dropout(config.dropout_rate)(weights, deterministic=deterministic)
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, values)
+        attended = jnp.einsum(f"bhqk,{key_axes}->bqhd", weights, values)
         outputs = nn.DenseGeneral(
             features=config.embed_dim, axis=(-2, -1), dtype=config.dtype, name="out"
         )(attended)
-        return outputs, (keys, values)
+        return outputs, cache
 
 
 class _DecoderBlock(nn.Module):
@@ -166,21 +214,22 @@ class _DecoderBlock(nn.Module):
     def __call__(
         self,
         inputs: jax.Array,
-        layer_cache: tuple[jax.Array, jax.Array] | None,
+        cache: KVCache | _TransposedCache | None,
+        layer: int,
         position: jax.Array | int,
         deterministic: bool,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    ) -> tuple[jax.Array, KVCache | _TransposedCache | None]:
         config = self.config
         dropout = nn.Dropout(config.dropout_rate)
         normed = nn.LayerNorm(dtype=config.dtype, name="attention_norm")(inputs)
-        attended, layer_cache = _CausalSelfAttention(config, name="attention")(
-            normed, layer_cache, position, deterministic
+        attended, cache = _CausalSelfAttention(config, name="attention")(
+            normed, cache, layer, position, deterministic
         )
         hidden = inputs + dropout(attended, deterministic=deterministic)
         normed = nn.LayerNorm(dtype=config.dtype, name="mlp_norm")(hidden)
         expanded = nn.gelu(nn.Dense(config.mlp_dim, dtype=config.dtype, name="mlp_in")(normed))
         projected = nn.Dense(config.embed_dim, dtype=config.dtype, name="mlp_out")(expanded)
-        return hidden + dropout(projected, deterministic=deterministic), layer_cache
+        return hidden + dropout(projected, deterministic=deterministic), cache
 
 
 class TransformerLM(nn.Module):
@@ -281,28 +330,28 @@ class TransformerLM(nn.Module):
             )
         return self._forward(tokens, cache, position, True)
 
+    def _decode_transposed(
+        self, tokens: jax.Array, cache: _TransposedCache, position: jax.Array | int
+    ) -> tuple[jax.Array, _TransposedCache]:
+        """`decode` against a `_TransposedCache`: the same logits, for decoding loops."""
+        _check_tokens(tokens, self.config, position=position)
+        return self._forward(tokens, cache, position, True)
+
     def _forward(
         self,
         tokens: jax.Array,
-        cache: KVCache | None,
+        cache: KVCache | _TransposedCache | None,
         position: jax.Array | int,
         deterministic: bool,
-    ) -> tuple[jax.Array, KVCache | None]:
+    ) -> tuple[jax.Array, KVCache | _TransposedCache | None]:
         positions = position + jnp.arange(tokens.shape[1])
         hidden = self.token_embed(tokens) + self.position_embed(positions)[None]
         hidden = self.embed_dropout(hidden, deterministic=deterministic)
-        new_keys, new_values = [], []
         for layer, block in enumerate(self.blocks):
-            layer_cache = None if cache is None else (cache.keys[layer], cache.values[layer])
-            hidden, (keys, values) = block(hidden, layer_cache, position, deterministic)
-            new_keys.append(keys)
-            new_values.append(values)
+            hidden, cache = block(hidden, cache, layer, position, deterministic)
         hidden = self.final_norm(hidden)
         logits = self.token_embed.attend(hidden) / math.sqrt(self.config.embed_dim)
-        logits = logits.astype(jnp.float32)
-        if cache is None:
-            return logits, None
-        return logits, KVCache(keys=jnp.stack(new_keys), values=jnp.stack(new_values))
+        return logits.astype(jnp.float32), cache
 
 
 def _check_tokens(tokens: jax.Array, config: TransformerConfig, position: jax.Array | int) -> None:

@@ -51,11 +51,23 @@ def get_config() -> ml_collections.ConfigDict:
         as ``config.batch_size`` and ``config.pretrain.batch_size`` need).
       task_loss: ``"lm"``: summed negative log-likelihood of the greedy continuation under the
         MLE checkpoint (the paper's MGS-LM); ``"repetition"``: seq-rep-n plus non-termination of
-        the greedy continuation.
-      rep_n: n of seq-rep-n in the ``"repetition"`` task loss.
+        the greedy continuation; ``"degeneration"``: the repetition loss plus ``length_weight``
+        times the share of the reference continuation's length by which the greedy
+        continuation falls short, ``max(0, 1 - len / ref_len)``, so that ending early does not
+        pay. Evaluation reports all three (``lm_nll``, ``repetition_loss``, ``degeneration``)
+        whichever trains.
+      rep_n: n of seq-rep-n in the ``"repetition"`` and ``"degeneration"`` task losses.
+      length_weight: the weight of the length term of ``"degeneration"`` (and of the
+        ``degeneration`` metric). At 2, a model that ends every continuation at once costs about
+        1.9, as much as one that repeats a token and never ends (about 2), and the pretrained
+        model about 1.1.
       sample_temperature: temperature of the samples drawn for ``pg`` and ``mrt``.
       dedupe_samples: whether ``sample`` masks out repeated samples of an input.
-      eval_batch_size: examples per jitted evaluation chunk.
+      eval_batch_size: the most examples per jitted evaluation chunk (the validation rows are
+        cut into equal chunks, and every split is decoded in chunks of that size).
+
+    The fields that only fine-tuning and evaluation read are listed in
+    ``tasks.text_completion.FINE_TUNING_FIELDS``: changing them reuses the pretrained model.
     """
     config = base_config()
     config.task = "text_completion"
@@ -114,6 +126,8 @@ def get_config() -> ml_collections.ConfigDict:
             batch_size=16,
             task_loss="lm",
             rep_n=4,
+            # Weight of the "degeneration" task loss's length term, max(0, 1 - len / ref_len).
+            length_weight=2.0,
             sample_temperature=1.0,
             dedupe_samples=False,
             eval_batch_size=256,

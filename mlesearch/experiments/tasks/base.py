@@ -44,12 +44,13 @@ class Metric:
 
     Attributes:
       name: the key in the dictionary that ``Task.evaluate`` returns.
-      lower_is_better: whether smaller values are better (marks the best method per column).
+      lower_is_better: whether smaller values are better (marks the best method per column);
+        None for a column with no better direction, such as a length, which is not marked.
       label: a short column header.
     """
 
     name: str
-    lower_is_better: bool = True
+    lower_is_better: bool | None = True
     label: str | None = None
 
 

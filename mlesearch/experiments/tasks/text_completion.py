@@ -16,8 +16,8 @@ or test by a hash of their name, so that no document is in two splits. Training 
 whole paragraphs; each held-out paragraph gives one prefix per entry of ``prefix_offsets``
 (`encode_with_offsets`). During fine-tuning, continuations are decoded for at most
 ``train_decode_scale`` times the longest reference continuation of the batch, as in the
-released code of [1] (`decode_budget`, `cut_at_budget`); evaluation decodes ``max_decode_len``
-tokens.
+released code of [1] (`decode_budget`, `cut_at_budget`), and never more than
+``max_decode_len``; evaluation decodes ``max_decode_len`` tokens.
 
 Data: sentences (``unit="sentence"``)
 -------------------------------------
@@ -66,26 +66,67 @@ Losses
   that never ends is ``max_decode_len`` tokens long, and so pays for every one of them.
 - ``task_loss`` with ``task_loss="repetition"``: seq-rep-n [3] (``rep_n``, 4 by default) plus
   non-termination [2] of the greedy continuations, averaged over the batch (in ``[0, 2]``).
+- ``task_loss`` with ``task_loss="degeneration"``: the repetition loss plus ``length_weight``
+  times the length shortfall ``max(0, 1 - len / ref_len)`` of each continuation against the
+  human continuation of the same prefix (lengths with EOS; `length_shortfall`), averaged over
+  the batch. Running on is charged already (non-termination, repetition); ending early is what
+  the other two losses reward, so it is charged here.
 
-Both task losses are smallest for a model that ends every sentence at once: a continuation that is
-only EOS costs ``-log p(EOS)`` under ``"lm"`` and 0 under ``"repetition"``. A method that
-minimises them without the MLE loss pulling back (policy gradient or minimum risk training with
-``mle_weight=0``) finds that solution; the perplexity and ``len_gap`` columns show it.
+``"lm"`` and ``"repetition"`` are smallest for a model that ends every continuation at once: a
+continuation that is only EOS costs ``-log p(EOS)`` under ``"lm"`` (7.5 nats on the validation
+split, against 95 for the pretrained model's own continuations, whose NLL per token, 2.5, is a
+third of the EOS-only model's) and 0 under ``"repetition"``. A method that minimises them
+without the MLE loss pulling back (policy gradient or minimum risk training with
+``mle_weight=0``) finds that solution. ``"degeneration"`` does not reward it. Measured on the
+validation split with the pretrained model of the default config (Python 3.11): seq-rep-4 0.275,
+non-termination 0.144 and shortfall 0.362, so 1.14 at ``length_weight=2``; a model that only
+emits EOS has shortfall 0.966 and costs 1.93, and one that emits 5 tokens (where policy
+gradient collapses) about 1.66; a model that repeats one token and never ends costs 1.99; the
+human continuations 0.009 (their seq-rep-4). The pretrained model's lengths scatter widely
+around the reference's (a median of 27 tokens against 36), so the two-sided
+``|len - ref_len| / ref_len`` (1.06 for it) would charge it more than an EOS-only model (0.97)
+at any weight. A model that stopped at exactly the reference's length but repeated one token
+would cost its seq-rep alone, about 0.96, less than the pretrained model: the length term only
+takes away the reward for ending early, and the pretrained model pays for its scattered lengths
+(0.72 of its 1.14).
 
 - ``sample``: ``num_samples`` continuations per prefix by ancestral sampling at
   ``sample_temperature``; their log-probabilities come from a teacher-forced pass of prefix plus
   sample through the model, so they are differentiable, and their costs are those of the task
-  loss, per sample.
+  loss, per sample (for ``"degeneration"``, against the length of its prefix's human
+  continuation), cut at the fine-tuning budget as ``task_loss`` is.
 
 Evaluation
 ----------
-``evaluate`` greedy-decodes every prefix of the split (``max_decode_len`` tokens, as in training)
-and reports ``task_loss``; ``seq_rep_4`` and ``non_term``, the means over continuations of
-seq-rep-4 and of non-termination; ``ppl``, the perplexity of the human continuations (EOS
-included) under the evaluated parameters; ``avg_len`` and ``avg_len_ref``, the mean lengths of
-generated and human continuations (EOS included), and ``len_gap = |avg_len - avg_len_ref|``;
-``seq_rep_4_ref``, seq-rep-4 of the human continuations; and ``mle_loss``, the ``mle_loss`` of the
-split's sentences (the pretraining's early-stopping criterion).
+``evaluate`` greedy-decodes every prefix of the split (``max_decode_len`` tokens) and reports:
+
+- ``task_loss``: the configured task loss (the mean cost per continuation), and
+  ``task_loss_per_token``, its sum over continuations divided by their total length;
+- ``lm_nll``: the ``"lm"`` cost (the summed NLL of the continuation under the reference, the MLE
+  checkpoint), and ``nll_per_token``, the total NLL divided by the total length, whatever task
+  loss is configured: a model that only shortens its continuations lowers the first but not the
+  second;
+- ``repetition_loss`` and ``degeneration``: the other two costs, whatever task loss trains
+  (``degeneration`` with the configured ``length_weight``);
+- ``seq_rep_4`` and ``non_term``: the means over continuations of seq-rep-4 and of
+  non-termination;
+- ``ppl``: the perplexity of the human continuations (EOS included) under the evaluated
+  parameters;
+- ``avg_len`` and ``avg_len_ref``: the mean lengths of generated and human continuations (EOS
+  included), ``len_gap = |avg_len - avg_len_ref|`` and ``len_ratio = avg_len / avg_len_ref``;
+- ``seq_rep_4_ref``: seq-rep-4 of the human continuations; ``mle_loss``: the ``mle_loss`` of the
+  split's rows (the pretraining's early-stopping criterion; `Task.evaluate_mle` computes it
+  without decoding, in chunks of its own so that ``eval_batch_size`` plays no part in
+  pretraining).
+
+The table's columns (`Task.metrics`) are named metrics that mean the same for every row,
+whatever task loss it trains with; ``primary_metric`` is the named metric of the configured task
+loss (`PRIMARY_METRICS`), and has a column too. Rows are decoded in chunks of one size for
+every split (one compilation): the validation rows cut into equal chunks of at most
+``eval_batch_size``. The summed NLL under the reference is then computed on the continuations
+sorted by length, in groups cut to their longest member (`_lm_nll_by_length`): a teacher-forced
+pass costs as much at padding as at a token, and most continuations end long before
+``max_decode_len``.
 
 References:
   [1] S. Welleck and K. Cho, "MLE-guided parameter search for task loss minimization in neural
@@ -128,7 +169,34 @@ PAD_ID = 0
 EOS_ID = 1
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
-TASK_LOSSES = ("lm", "repetition")
+TASK_LOSSES = ("lm", "repetition", "degeneration")
+# The task_config fields that only fine-tuning and evaluation read: changing one leaves the data,
+# the model, the pretraining batches and pretraining's early stopping (`evaluate_mle`) as they
+# were, so the pretrained checkpoint can be reused. ``train_decode_scale`` is here because
+# `model_config` sizes the model by ``max_decode_len`` alone (the fine-tuning budget may not
+# exceed it), and ``eval_batch_size`` because `evaluate_mle` chunks rows on its own. Not here:
+# ``max_decode_len`` (the model's ``max_len``, hence the parameters' shapes) and ``num_valid``
+# (the rows of early stopping).
+FINE_TUNING_FIELDS = (
+    "task_loss",
+    "rep_n",
+    "length_weight",
+    "sample_temperature",
+    "dedupe_samples",
+    "train_decode_scale",
+    "eval_batch_size",
+)
+# The metric of `evaluate` that each task loss is compared by: the configured task loss, named.
+PRIMARY_METRICS = {"lm": "lm_nll", "repetition": "repetition_loss", "degeneration": "degeneration"}
+# The weight of the length term of the "degeneration" task loss when the config does not set
+# ``length_weight``; see `continuation_costs`.
+DEFAULT_LENGTH_WEIGHT = 2.0
+# Rows per chunk of `evaluate_mle`, fixed rather than ``eval_batch_size`` so that pretraining's
+# early stopping does not depend on a fine-tuning field.
+_MLE_CHUNK_ROWS = 256
+# `evaluate` scores greedy continuations under the reference on their first w columns only, w a
+# multiple of this (see `_lm_nll_by_length`).
+_LM_WIDTH_STEP = 16
 SPLITS = ("train", "valid", "test")
 UNITS = ("sentence", "paragraph")
 SOURCES = ("topics", "topics+docstrings")
@@ -697,6 +765,9 @@ def build_data(config: Any) -> TextCompletionData:
 def model_config(config: Any, vocab_size: int) -> TransformerConfig:
     """The `TransformerConfig` of a task config: room for a prefix and a full decoding.
 
+    Fine-tuning decodes at most ``max_decode_len`` tokens too (`make_task` checks it), so
+    ``train_decode_scale`` plays no part here: it is one of `FINE_TUNING_FIELDS`.
+
     Args:
       config: the task config (``num_layers``, ``num_heads``, ``embed_dim``, ``mlp_dim``,
         ``prefix_len``, ``max_decode_len``, ``max_tokens``).
@@ -705,7 +776,7 @@ def model_config(config: Any, vocab_size: int) -> TransformerConfig:
     Returns:
       A `TransformerConfig` with ``max_len = max(prefix_len + max_decode_len, max_tokens + 1)``.
     """
-    decode_len = max(config.max_decode_len, train_decode_len(config))
+    decode_len = config.max_decode_len
     return TransformerConfig(
         vocab_size=vocab_size,
         num_layers=config.num_layers,
@@ -819,6 +890,65 @@ def continuation_lengths(continuation: jax.Array, max_len: int) -> jax.Array:
     return jnp.minimum(first_eos + 1, max_len).astype(jnp.int32)
 
 
+def length_shortfall(lengths: jax.Array, reference_lengths: jax.Array) -> jax.Array:
+    r"""The length term of the ``"degeneration"`` task loss: :math:`\max(0, 1 - \ell/\ell_{ref})`.
+
+    The share of the reference continuation's length by which a continuation falls short, in
+    ``[0, 1)``: 0 for a continuation at least as long as the reference, ``1 - 1/\ell_{ref}``
+    for one that is only EOS. Lengths count the tokens up to and including EOS. Running on is
+    not charged here: non-termination and repetition already charge it.
+
+    Args:
+      lengths: continuation lengths, shape ``(batch,)``, each >= 1.
+      reference_lengths: the human continuations' lengths, shape ``(batch,)``, each >= 1.
+
+    Returns:
+      Float32 length terms, shape ``(batch,)``.
+    """
+    ratio = lengths.astype(jnp.float32) / reference_lengths.astype(jnp.float32)
+    return jnp.maximum(1.0 - ratio, 0.0)
+
+
+def repetition_cost(continuation: jax.Array, rep_n: int = 4) -> jax.Array:
+    """seq-rep-``rep_n`` [3] plus non-termination [2] of each continuation, in ``[0, 2)``.
+
+    Args:
+      continuation: int32 continuations, shape ``(batch, length)``, ``PAD_ID`` after EOS.
+      rep_n: n of seq-rep-n.
+
+    Returns:
+      Float32 costs, shape ``(batch,)``.
+    """
+    repetition = metrics.sequence_repetition(continuation, rep_n, eos_id=EOS_ID, pad_id=PAD_ID)
+    return repetition + metrics.non_termination(continuation, eos_id=EOS_ID)
+
+
+def lm_cost(
+    model: TransformerLM,
+    reference: Params,
+    prefix: jax.Array,
+    continuation: jax.Array,
+    lengths: jax.Array,
+) -> jax.Array:
+    """The NLL of each continuation under ``reference``, summed over its tokens up to EOS.
+
+    This is the ``"lm"`` distance of [1]: every token up to and including the first EOS counts.
+
+    Args:
+      model: the `TransformerLM`.
+      reference: the parameters that score the continuations (the MLE checkpoint).
+      prefix: int32 prompts, shape ``(batch, prefix_len)``.
+      continuation: int32 continuations, shape ``(batch, length)``, ``PAD_ID`` after EOS.
+      lengths: continuation lengths up to and including EOS, shape ``(batch,)``.
+
+    Returns:
+      Float32 summed NLLs, shape ``(batch,)``.
+    """
+    log_probs = continuation_log_probs(model, reference, prefix, continuation)
+    mask = continuation_mask(lengths, continuation.shape[1])
+    return -jnp.sum(log_probs * mask, axis=1)
+
+
 def continuation_costs(
     kind: str,
     model: TransformerLM,
@@ -827,13 +957,20 @@ def continuation_costs(
     continuation: jax.Array,
     lengths: jax.Array,
     rep_n: int = 4,
+    *,
+    reference_lengths: jax.Array | None = None,
+    length_weight: float = DEFAULT_LENGTH_WEIGHT,
 ) -> jax.Array:
-    """The task cost of each continuation of a prefix.
+    r"""The task cost of each continuation of a prefix.
 
     Args:
       kind: ``"lm"``: the negative log-likelihood under ``reference``, summed over the tokens up
-        to and including the first EOS (the ``"lm"`` distance of [1]); ``"repetition"``:
-        seq-rep-``rep_n`` [3] plus non-termination [2] (``reference`` and ``prefix`` unused).
+        to and including the first EOS (the ``"lm"`` distance of [1], `lm_cost`);
+        ``"repetition"``: seq-rep-``rep_n`` [3] plus non-termination [2] (`repetition_cost`);
+        ``"degeneration"``: the repetition cost plus ``length_weight`` times
+        `length_shortfall`, :math:`\max(0, 1 - \ell / \ell_{ref})`, so that ending early is
+        no way out of repetition. ``reference`` and ``prefix`` are only read by ``"lm"``,
+        ``reference_lengths`` only by ``"degeneration"``.
       model: the `TransformerLM`.
       reference: the parameters that score continuations for ``"lm"`` (the MLE checkpoint).
       prefix: int32 prompts, shape ``(batch, prefix_len)``.
@@ -841,18 +978,35 @@ def continuation_costs(
       lengths: continuation lengths up to and including EOS (``length`` where there is none),
         shape ``(batch,)``.
       rep_n: n of seq-rep-n.
+      reference_lengths: the lengths of the human continuations of the same prefixes, EOS
+        included, shape ``(batch,)``; needed by ``"degeneration"``.
+      length_weight: the weight of the length term of ``"degeneration"``.
 
     Returns:
       Float32 costs, shape ``(batch,)``; lower is better.
     """
     if kind == "lm":
-        log_probs = continuation_log_probs(model, reference, prefix, continuation)
-        mask = continuation_mask(lengths, continuation.shape[1])
-        return -jnp.sum(log_probs * mask, axis=1)
+        return lm_cost(model, reference, prefix, continuation, lengths)
     if kind == "repetition":
-        repetition = metrics.sequence_repetition(continuation, rep_n, eos_id=EOS_ID, pad_id=PAD_ID)
-        return repetition + metrics.non_termination(continuation, eos_id=EOS_ID)
+        return repetition_cost(continuation, rep_n)
+    if kind == "degeneration":
+        if reference_lengths is None:
+            raise ValueError(
+                "The degeneration cost compares lengths with the reference continuations': pass "
+                "reference_lengths."
+            )
+        length_term = length_shortfall(lengths, reference_lengths)
+        return repetition_cost(continuation, rep_n) + length_weight * length_term
     raise ValueError(f"task_loss must be one of {TASK_LOSSES}, got {kind!r}.")
+
+
+def _chunk_size(num_rows: int, max_chunk: int) -> int:
+    """The rows per chunk of the fewest chunks of at most ``max_chunk`` rows, as even as can be.
+
+    500 rows at most 256 per chunk make two chunks of 250, rather than 256 and 244 padded to 256.
+    """
+    num_chunks = -(-num_rows // max_chunk)
+    return -(-num_rows // num_chunks)
 
 
 def _rows_in_chunks(array: np.ndarray, chunk: int) -> list[tuple[np.ndarray, int]]:
@@ -894,6 +1048,15 @@ def _check_task_config(config: Any) -> None:
             f"train_decode_scale must be 0 (decode max_decode_len tokens) or at least 1 (a "
             f"multiple of the longest reference), got {scale}."
         )
+    if train_decode_len(config) > config.max_decode_len:
+        raise ValueError(
+            f"train_decode_scale={scale} decodes up to {train_decode_len(config)} tokens in "
+            f"fine-tuning, more than max_decode_len ({config.max_decode_len}); lower it or raise "
+            "max_decode_len."
+        )
+    length_weight = float(config.get("length_weight", DEFAULT_LENGTH_WEIGHT))
+    if not length_weight >= 0:
+        raise ValueError(f"length_weight must be >= 0, got {length_weight}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -907,7 +1070,8 @@ class _Setup:
     fine_tune_len: int  # tokens decoded during fine-tuning (see `train_decode_len`).
     decode_scale: float  # train_decode_scale; 0 decodes fine_tune_len tokens.
     task_loss_kind: str  # one of TASK_LOSSES.
-    rep_n: int  # n of the repetition task loss.
+    rep_n: int  # n of seq-rep-n in the "repetition" and "degeneration" task losses.
+    length_weight: float  # weight of the length term of the "degeneration" task loss.
 
     @classmethod
     def from_config(cls, config: Any, vocab_size: int) -> _Setup:
@@ -921,15 +1085,34 @@ class _Setup:
             decode_scale=float(config.get("train_decode_scale", 0.0)),
             task_loss_kind=config.task_loss,
             rep_n=config.rep_n,
+            length_weight=float(config.get("length_weight", DEFAULT_LENGTH_WEIGHT)),
         )
 
     def costs(
-        self, reference: Params, prefix: jax.Array, continuation: jax.Array, lengths: jax.Array
+        self,
+        reference: Params,
+        prefix: jax.Array,
+        continuation: jax.Array,
+        lengths: jax.Array,
+        reference_lengths: jax.Array,
     ) -> jax.Array:
         """Per-row task cost of continuations, shape ``(batch,)``."""
         return continuation_costs(
-            self.task_loss_kind, self.model, reference, prefix, continuation, lengths, self.rep_n
+            self.task_loss_kind,
+            self.model,
+            reference,
+            prefix,
+            continuation,
+            lengths,
+            self.rep_n,
+            reference_lengths=reference_lengths,
+            length_weight=self.length_weight,
         )
+
+    def reference_lengths(self, tokens: jax.Array) -> jax.Array:
+        """The lengths of the rows' human continuations, EOS included, shape ``(batch,)``."""
+        continuation = tokens[:, self.prefix_len :]
+        return continuation_lengths(continuation, continuation.shape[1])
 
     def greedy(self, params: Params, prefix: jax.Array, length: int | None = None) -> Any:
         """Greedy continuations of ``length`` tokens (default ``decode_len``), padded after EOS."""
@@ -1002,7 +1185,8 @@ def _task_loss_fn(setup: _Setup) -> Callable[[Params, Batch, Params], jax.Array]
         continuation, lengths = cut_at_budget(
             output.tokens, output.lengths, setup.fine_tuning_budget(batch["tokens"])
         )
-        return jnp.mean(setup.costs(reference, prefix, continuation, lengths))
+        reference_lengths = setup.reference_lengths(batch["tokens"])
+        return jnp.mean(setup.costs(reference, prefix, continuation, lengths, reference_lengths))
 
     return task_loss
 
@@ -1035,7 +1219,8 @@ def _sample_fn(setup: _Setup, temperature: float, dedupe: bool) -> Callable[...,
         mask = continuation_mask(lengths, fine_tune_len)
         log_probs = continuation_log_probs(setup.model, params, repeated, continuation)
         sequence_log_probs = jnp.sum(log_probs * mask, axis=1).reshape(rows, num_samples)
-        costs = setup.costs(reference, repeated, continuation, lengths)
+        reference_lengths = jnp.repeat(setup.reference_lengths(batch["tokens"]), num_samples)
+        costs = setup.costs(reference, repeated, continuation, lengths, reference_lengths)
         costs = jax.lax.stop_gradient(costs).reshape(rows, num_samples).astype(jnp.float32)
         if dedupe:
             sample_mask = baselines.unique_sample_mask(
@@ -1048,7 +1233,8 @@ def _sample_fn(setup: _Setup, temperature: float, dedupe: bool) -> Callable[...,
     return sample
 
 
-_EvalChunkFn = Callable[[Params, Params, jax.Array], tuple[dict[str, jax.Array], jax.Array]]
+_EvalChunkFn = Callable[[Params, jax.Array], tuple[dict[str, jax.Array], jax.Array]]
+_LmNllFn = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def _eval_chunk_fn(setup: _Setup) -> _EvalChunkFn:
@@ -1056,30 +1242,42 @@ def _eval_chunk_fn(setup: _Setup) -> _EvalChunkFn:
     model, prefix_len = setup.model, setup.prefix_len
 
     @jax.jit
-    def eval_chunk_fn(
-        params: Params, reference: Params, tokens: jax.Array
-    ) -> tuple[dict[str, jax.Array], jax.Array]:
-        """Per-row statistics of one chunk of examples, and the greedy continuations."""
+    def eval_chunk_fn(params: Params, tokens: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+        """Per-row statistics of one chunk of examples, and the greedy continuations.
+
+        Everything but ``lm_nll``, which `_lm_nll_by_length` computes on rows sorted by length.
+        """
         prefix = tokens[:, :prefix_len]
         output = setup.greedy(params, prefix)
-        generated = output.tokens
+        generated, lengths = output.tokens, output.lengths
         reference_cont = tokens[:, prefix_len:]
-        ref_lengths = continuation_lengths(reference_cont, reference_cont.shape[1])
-        # Perplexity of the human continuation (EOS included) under ``params``.
-        ref_log_probs = continuation_log_probs(model, params, prefix, reference_cont)
-        ref_mask = continuation_mask(ref_lengths, reference_cont.shape[1])
-        # MLE loss of whole rows, as in ``mle_loss``.
-        sentence_log_probs, sentence_weights = _weighted_log_probs(model, params, tokens)
+        ref_lengths = setup.reference_lengths(tokens)
+        # A row is its prefix and its human continuation, so one teacher-forced pass gives both
+        # the MLE loss of whole rows (as in ``mle_loss``) and the perplexity of the human
+        # continuations (EOS included; the weights vanish after EOS) under ``params``.
+        row_log_probs, row_weights = _weighted_log_probs(model, params, tokens)
+        degeneration = continuation_costs(
+            "degeneration",
+            model,
+            None,
+            prefix,
+            generated,
+            lengths,
+            setup.rep_n,
+            reference_lengths=ref_lengths,
+            length_weight=setup.length_weight,
+        )
         return {
             "seq_rep_4": metrics.sequence_repetition(generated, 4, eos_id=EOS_ID, pad_id=PAD_ID),
             "non_term": metrics.non_termination(generated, eos_id=EOS_ID),
-            "gen_len": output.lengths.astype(jnp.float32),
+            "gen_len": lengths.astype(jnp.float32),
             "ref_len": ref_lengths.astype(jnp.float32),
-            "cost": setup.costs(reference, prefix, generated, output.lengths),
-            "ref_nll": -jnp.sum(ref_log_probs * ref_mask, axis=1),
-            "ref_tokens": jnp.sum(ref_mask, axis=1),
-            "sentence_nll": -jnp.sum(sentence_log_probs, axis=1),
-            "sentence_tokens": jnp.sum(sentence_weights, axis=1),
+            "repetition_loss": repetition_cost(generated, setup.rep_n),
+            "degeneration": degeneration,
+            "ref_nll": -jnp.sum(row_log_probs[:, prefix_len - 1 :], axis=1),
+            "ref_tokens": jnp.sum(row_weights[:, prefix_len - 1 :], axis=1),
+            "sentence_nll": -jnp.sum(row_log_probs, axis=1),
+            "sentence_tokens": jnp.sum(row_weights, axis=1),
             "seq_rep_4_ref": metrics.sequence_repetition(
                 reference_cont, 4, eos_id=EOS_ID, pad_id=PAD_ID
             ),
@@ -1088,29 +1286,106 @@ def _eval_chunk_fn(setup: _Setup) -> _EvalChunkFn:
     return eval_chunk_fn
 
 
+def _lm_nll_fn(setup: _Setup) -> _LmNllFn:
+    """`lm_cost` of the task's model, jitted: it compiles once per shape of the continuations."""
+    return jax.jit(functools.partial(lm_cost, setup.model))
+
+
+def _lm_nll_by_length(
+    lm_nll_fn: _LmNllFn,
+    reference: Params,
+    prefix: np.ndarray,
+    continuations: np.ndarray,
+    lengths: np.ndarray,
+    group_rows: int,
+) -> np.ndarray:
+    """`lm_cost` of every row, scored in groups of rows of similar length, each cut to its length.
+
+    A teacher-forced pass costs as much at a padding position as at a token, and most greedy
+    continuations end long before ``max_decode_len``; so the rows are sorted by length, taken
+    ``group_rows`` at a time, and each group scores only the first ``w`` columns, ``w`` its
+    longest continuation rounded up to a multiple of ``_LM_WIDTH_STEP`` (a handful of shapes to
+    compile). Tokens after the first EOS do not count, so this is the full-width score up to
+    float rounding.
+
+    Args:
+      lm_nll_fn: from `_lm_nll_fn`.
+      reference: the scoring parameters.
+      prefix: int32 prompts, shape ``(rows, prefix_len)``.
+      continuations: int32 greedy continuations, shape ``(rows, max_decode_len)``.
+      lengths: their lengths, EOS included, shape ``(rows,)``.
+      group_rows: rows per call.
+
+    Returns:
+      Float32 summed NLLs, shape ``(rows,)``, in the order of the rows.
+    """
+    num_rows, max_width = continuations.shape
+    order = np.argsort(lengths, kind="stable")
+    nll = np.zeros(num_rows, np.float32)
+    for start in range(0, num_rows, group_rows):
+        rows = order[start : start + group_rows]
+        valid = len(rows)
+        rows = np.concatenate([rows, np.repeat(rows[-1:], group_rows - valid)])
+        longest = int(np.max(lengths[rows]))
+        width = min(max_width, -(-longest // _LM_WIDTH_STEP) * _LM_WIDTH_STEP)
+        scores = lm_nll_fn(
+            reference,
+            jnp.asarray(prefix[rows]),
+            jnp.asarray(continuations[rows, :width]),
+            jnp.asarray(lengths[rows]),
+        )
+        nll[rows[:valid]] = jax.device_get(scores)[:valid]
+    return nll
+
+
 def _evaluate_fn(
-    eval_chunk_fn: _EvalChunkFn, data: TextCompletionData, eval_chunk: int
+    eval_chunk_fn: _EvalChunkFn,
+    lm_nll_fn: _LmNllFn,
+    setup: _Setup,
+    data: TextCompletionData,
+    eval_chunk: int,
+    group_rows: int,
 ) -> Callable[[Params, Params, str], dict[str, float]]:
+
     def evaluate(params: Params, reference: Params, split: str) -> dict[str, float]:
         """Metrics of greedy continuations of every prefix of ``split``, in jitted chunks."""
         if split not in data.splits:
             raise ValueError(f"Unknown split {split!r}; choose one of {tuple(data.splits)}.")
         tokens = data.splits[split]
-        chunk = min(eval_chunk, len(tokens))
         totals: dict[str, float] = {}
-        for piece, valid in _rows_in_chunks(tokens, chunk):
-            stats, _ = jax.device_get(eval_chunk_fn(params, reference, jnp.asarray(piece)))
+        continuations, lengths = [], []
+        for piece, valid in _rows_in_chunks(tokens, eval_chunk):
+            stats, generated = jax.device_get(eval_chunk_fn(params, jnp.asarray(piece)))
             for name, values in stats.items():
                 totals[name] = totals.get(name, 0.0) + float(np.sum(values[:valid]))
+            continuations.append(generated[:valid])
+            lengths.append(stats["gen_len"][:valid].astype(np.int32))
+        lm_nll = _lm_nll_by_length(
+            lm_nll_fn,
+            reference,
+            tokens[:, : setup.prefix_len],
+            np.concatenate(continuations),
+            np.concatenate(lengths),
+            group_rows,
+        )
+        totals["lm_nll"] = float(np.sum(lm_nll))
+        # Each task loss is summed in ``totals`` under the name of its metric.
+        total_cost = totals[PRIMARY_METRICS[setup.task_loss_kind]]
         count = float(len(tokens))
         avg_len = totals["gen_len"] / count
         avg_ref_len = totals["ref_len"] / count
         return {
-            "task_loss": totals["cost"] / count,
+            "task_loss": total_cost / count,
+            "task_loss_per_token": total_cost / totals["gen_len"],
+            "lm_nll": totals["lm_nll"] / count,
+            "nll_per_token": totals["lm_nll"] / totals["gen_len"],
+            "degeneration": totals["degeneration"] / count,
+            "repetition_loss": totals["repetition_loss"] / count,
             "seq_rep_4": totals["seq_rep_4"] / count,
             "non_term": totals["non_term"] / count,
             "ppl": float(np.exp(totals["ref_nll"] / totals["ref_tokens"])),
             "len_gap": abs(avg_len - avg_ref_len),
+            "len_ratio": avg_len / avg_ref_len,
             "avg_len": avg_len,
             "avg_len_ref": avg_ref_len,
             "seq_rep_4_ref": totals["seq_rep_4_ref"] / count,
@@ -1122,7 +1397,7 @@ def _evaluate_fn(
 
 
 def _evaluate_mle_fn(
-    model: TransformerLM, data: TextCompletionData, eval_chunk: int
+    model: TransformerLM, data: TextCompletionData
 ) -> Callable[[Params, str], float]:
     @jax.jit
     def mle_chunk_fn(params: Params, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -1134,7 +1409,7 @@ def _evaluate_mle_fn(
         """The ``mle_loss`` of every row of ``split`` (no decoding), for early stopping."""
         tokens = data.splits[split]
         total_nll = total_tokens = 0.0
-        for piece, valid in _rows_in_chunks(tokens, min(eval_chunk, len(tokens))):
+        for piece, valid in _rows_in_chunks(tokens, _chunk_size(len(tokens), _MLE_CHUNK_ROWS)):
             nll, count = jax.device_get(mle_chunk_fn(params, jnp.asarray(piece)))
             total_nll += float(np.sum(nll[:valid]))
             total_tokens += float(np.sum(count[:valid]))
@@ -1158,14 +1433,14 @@ def _describe_fn(
 ) -> Callable[[Params, Params, str, int], str]:
     def describe(params: Params, reference: Params, split: str, num_examples: int) -> str:
         """Prefixes, greedy continuations and reference continuations, as plain text."""
+        del reference  # the continuations are those of ``params``.
         tokens = data.splits[split][:num_examples]
         if len(tokens) == 0:
             return ""
         # The evaluation's compiled chunk serves here too, on rows padded to its size.
-        chunk = min(eval_chunk, len(data.splits[split]))
         continuations, lengths = [], []
-        for piece, valid in _rows_in_chunks(tokens, chunk):
-            stats, generated = jax.device_get(eval_chunk_fn(params, reference, jnp.asarray(piece)))
+        for piece, valid in _rows_in_chunks(tokens, eval_chunk):
+            stats, generated = jax.device_get(eval_chunk_fn(params, jnp.asarray(piece)))
             continuations.extend(generated[:valid])
             lengths.extend(stats["gen_len"][:valid])
         lines = []
@@ -1177,6 +1452,26 @@ def _describe_fn(
         return "\n".join(lines).rstrip()
 
     return describe
+
+
+def _table_metrics(task_loss: str) -> tuple[Metric, ...]:
+    """The table's columns, the primary metric of ``task_loss`` among them.
+
+    Named metrics rather than ``task_loss``, so that a column means the same whatever task loss a
+    row trains with.
+    """
+    columns = (
+        Metric("degeneration", True, "degen."),
+        Metric("lm_nll", True, "NLL (sum)"),
+        Metric("nll_per_token", True, "NLL/token"),
+        Metric("seq_rep_4", True, "seq-rep-4"),
+        Metric("non_term", True, "non-term"),
+        Metric("avg_len", None, "len"),
+        Metric("ppl", True, "ppl"),
+    )
+    if PRIMARY_METRICS[task_loss] not in {column.name for column in columns}:
+        columns = (Metric(PRIMARY_METRICS[task_loss], True, task_loss), *columns)
+    return columns
 
 
 def make_task(config: Any) -> Task:
@@ -1196,7 +1491,11 @@ def make_task(config: Any) -> Task:
     data = build_data(config)
     setup = _Setup.from_config(config, data.vocab_size)
     eval_chunk_fn = _eval_chunk_fn(setup)
-    eval_chunk = config.eval_batch_size
+    # One chunk size for every split, so that one compilation serves them all: the validation
+    # rows (evaluated most often) in equal chunks of at most eval_batch_size.
+    eval_chunk = _chunk_size(len(data.splits["valid"]), config.eval_batch_size)
+    # Smaller groups fit their widths more tightly, at the price of more calls.
+    group_rows = max(1, config.eval_batch_size // 4)
     return Task(
         name="text_completion",
         init_params=_init_params_fn(setup.model),
@@ -1204,15 +1503,11 @@ def make_task(config: Any) -> Task:
         mle_loss=_mle_loss_fn(setup.model),
         task_loss=_task_loss_fn(setup),
         sample=_sample_fn(setup, config.sample_temperature, config.dedupe_samples),
-        evaluate=_evaluate_fn(eval_chunk_fn, data, eval_chunk),
-        metrics=(
-            Metric("task_loss", True, "task loss"),
-            Metric("seq_rep_4", True, "seq-rep-4"),
-            Metric("non_term", True, "non-term"),
-            Metric("ppl", True, "ppl"),
-            Metric("len_gap", True, "|len - ref|"),
+        evaluate=_evaluate_fn(
+            eval_chunk_fn, _lm_nll_fn(setup), setup, data, eval_chunk, group_rows
         ),
-        primary_metric="task_loss",
+        metrics=_table_metrics(config.task_loss),
+        primary_metric=PRIMARY_METRICS[config.task_loss],
         describe=_describe_fn(eval_chunk_fn, data, eval_chunk, setup.prefix_len),
-        evaluate_mle=_evaluate_mle_fn(setup.model, data, eval_chunk),
+        evaluate_mle=_evaluate_mle_fn(setup.model, data),
     )
