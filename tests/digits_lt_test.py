@@ -145,6 +145,20 @@ def test_control_losses_are_the_standard_long_tail_losses(task, params):
     assert all(abs(float(loss(params, batch)) - mle) > 1e-3 for loss in task.surrogates.values())
 
 
+def test_fine_tuning_fields_leave_what_pretraining_reads_unchanged(task):
+    other = digits_lt.make_task({"finetune": "all", "task_loss_batch": "natural"})
+    assert set(digits_lt.FINE_TUNING_FIELDS) == {"finetune", "task_loss_batch"}
+    key = jax.random.key(4)
+    for leaf, other_leaf in zip(
+        jax.tree.leaves(task.init_params(key)), jax.tree.leaves(other.init_params(key)), strict=True
+    ):
+        np.testing.assert_array_equal(leaf, other_leaf)
+    batch, other_batch = task.train_batch(key), other.train_batch(key)
+    for name in ("inputs", "labels"):  # what the MLE loss, and so pretraining, reads
+        np.testing.assert_array_equal(batch[name], other_batch[name])
+    assert not np.array_equal(batch["task_labels"], other_batch["task_labels"])
+
+
 @pytest.mark.parametrize(
     "config, message",
     [

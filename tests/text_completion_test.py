@@ -383,8 +383,10 @@ def test_constant_token_model_is_fully_degenerate(
     np.testing.assert_allclose(results["nll_per_token"], nll, rtol=1e-5)
     np.testing.assert_allclose(results["task_loss_per_token"], nll, rtol=1e-5)
     np.testing.assert_allclose(results["repetition_loss"], seq_rep + 1.0, rtol=1e-6)
-    # Every reference continuation is shorter than ``length``: no length shortfall.
-    np.testing.assert_allclose(results["degeneration"], seq_rep + 1.0, rtol=1e-6)
+    # Every continuation runs on: the length gap is that of ``length`` to the references' mean.
+    gap = (length - results["avg_len_ref"]) / results["avg_len_ref"]
+    expected = seq_rep + 1.0 + config.length_weight * gap
+    np.testing.assert_allclose(results["degeneration"], expected, rtol=1e-6)
     np.testing.assert_allclose(results["len_ratio"], length / results["avg_len_ref"], rtol=1e-6)
     batch = task.train_batch(jax.random.key(8))
     losses = candidate_losses(stack([degenerate] * NUM_CANDIDATES), batch, degenerate)
@@ -410,10 +412,8 @@ def test_model_that_ends_at_once_never_repeats_but_falls_short(
     reference_lengths = np.argmax(tokens[:, config.prefix_len :] == tc.EOS_ID, axis=1) + 1
     np.testing.assert_allclose(results["avg_len_ref"], reference_lengths.mean())
     np.testing.assert_allclose(results["len_ratio"], 1.0 / reference_lengths.mean(), rtol=1e-6)
-    shortfall = 1.0 - 1.0 / reference_lengths
-    np.testing.assert_allclose(
-        results["degeneration"], config.length_weight * shortfall.mean(), rtol=1e-6
-    )
+    gap = 1.0 - 1.0 / reference_lengths.mean()
+    np.testing.assert_allclose(results["degeneration"], config.length_weight * gap, rtol=1e-6)
 
 
 def eos_leaning_params(params: dict, strength: float = 6.0) -> dict:
@@ -472,7 +472,7 @@ def test_evaluate_matches_a_computation_row_by_row(
         [seq_rep_by_hand(row.tolist(), config.rep_n) for row in continuations]
     ) + np.array([float(tc.EOS_ID not in row) for row in continuations])
     reference_lengths = np.argmax(tokens[:, config.prefix_len :] == tc.EOS_ID, axis=1) + 1
-    shortfall = np.maximum(0.0, 1.0 - lengths / reference_lengths)
+    gap = abs(lengths.mean() - reference_lengths.mean()) / reference_lengths.mean()
 
     np.testing.assert_allclose(results["lm_nll"], lm_nll.mean(), rtol=1e-5)
     np.testing.assert_allclose(results["task_loss"], lm_nll.mean(), rtol=1e-5)
@@ -482,9 +482,7 @@ def test_evaluate_matches_a_computation_row_by_row(
     )
     np.testing.assert_allclose(results["repetition_loss"], repetition.mean(), rtol=1e-6)
     np.testing.assert_allclose(
-        results["degeneration"],
-        (repetition + config.length_weight * shortfall).mean(),
-        rtol=1e-6,
+        results["degeneration"], repetition.mean() + config.length_weight * gap, rtol=1e-6
     )
     np.testing.assert_allclose(results["avg_len"], lengths.mean())
     np.testing.assert_allclose(
@@ -538,12 +536,16 @@ def test_degeneration_task_scores_samples_and_greedy_continuations_alike(
         greedy = greedy_decode(
             decoder, params, tokens[:, :prefix_len], max_new_tokens=decode_len, eos_id=tc.EOS_ID
         )
-        greedy_costs = costs(greedy.tokens, greedy.lengths, reference_lengths)
-        return samples, sample_costs, task.task_loss(params, batch, params), greedy_costs
+        continuation, lengths = tc.cut_at_budget(greedy.tokens, greedy.lengths, budget)
+        greedy_loss = tc.degeneration_loss(
+            continuation, lengths, reference_lengths, config.rep_n, config.length_weight
+        )
+        return samples, sample_costs, task.task_loss(params, batch, params), greedy_loss
 
-    samples, sample_costs, task_loss, greedy_costs = task_and_by_hand(params)
+    samples, sample_costs, task_loss, greedy_loss = task_and_by_hand(params)
     np.testing.assert_allclose(samples.costs, sample_costs.reshape(BATCH, num_samples), rtol=1e-6)
-    np.testing.assert_allclose(task_loss, jnp.mean(greedy_costs), rtol=1e-6)
+    # The task loss charges the batch's mean length gap, the samples their own shortfall.
+    np.testing.assert_allclose(task_loss, greedy_loss, rtol=1e-6)
 
 
 # A value other than `config`'s for each of `FINE_TUNING_FIELDS`.
@@ -633,6 +635,14 @@ def test_degeneration_costs() -> None:
     np.testing.assert_allclose(tc.length_shortfall(jnp.array([25]), jnp.array([10])), [0.0], atol=0)
     with pytest.raises(ValueError, match="reference_lengths"):
         tc.continuation_costs("degeneration", None, None, None, continuation, lengths)
+    # The task loss: the mean repetition cost plus the gap of total lengths, |26 - 40| / 40.
+    np.testing.assert_allclose(tc.length_gap(lengths, reference_lengths), 14 / 40, rtol=1e-6)
+    loss = tc.degeneration_loss(continuation, lengths, reference_lengths, 4, weight)
+    repetition = (0.0 + (6 / 7 + 1) + 1 / 6 + 0.0) / 4
+    np.testing.assert_allclose(loss, repetition + weight * 14 / 40, rtol=1e-6)
+    # Too long costs as much as too short.
+    np.testing.assert_allclose(tc.length_gap(jnp.array([12]), jnp.array([10])), 0.2, rtol=1e-6)
+    np.testing.assert_allclose(tc.length_gap(jnp.array([8]), jnp.array([10])), 0.2, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -412,18 +412,16 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
+def _point_values(point: Mapping[str, Any]) -> str:
+    return ",".join(
+        f"{field}={value:g}" if isinstance(value, float) else f"{field}={value}"
+        for field, value in point.items()
+    )
+
+
 def point_name(row: str, point: Mapping[str, Any]) -> str:
     """The run name of a point of a row's grid: ``pg@learning_rate=0.001,pg.mle_weight=0.5``."""
-    if not point:
-        return row
-    return (
-        row
-        + "@"
-        + ",".join(
-            f"{field}={value:g}" if isinstance(value, float) else f"{field}={value}"
-            for field, value in point.items()
-        )
-    )
+    return f"{row}@{_point_values(point)}" if point else row
 
 
 def with_point(
@@ -790,8 +788,24 @@ def compare(
         f"split; Δ is {focus} minus that row on the test split, per seed, with a 95% t interval."
     )
     tuned_text = "".join(
-        f"\n{row}: searched {', '.join(p['name'] for p in g['points'])}; chosen on validation: "
-        f"{g['chosen']}."
+        f"\n{row}, mean validation {primary.label or primary.name} per point (* chosen): "
+        + ", ".join(
+            f"{_point_values(p['values'])} {p['valid']:.4f}{' *' if p['chosen'] else ''}"
+            for p in g["points"]
+        )
+        + "."
+        for row, g in grid_record.items()
+        if g["tuned"]
+    )
+    tuned_markdown = "".join(
+        f"\n\n{row}: mean validation {primary.label or primary.name} over the seeds, per point "
+        "of its grid (chosen in bold).\n\n| setting | validation |\n|:---|---:|\n"
+        + "\n".join(
+            f"| {_point_values(p['values'])} | "
+            + (f"**{p['valid']:.4f}**" if p["chosen"] else f"{p['valid']:.4f}")
+            + " |"
+            for p in g["points"]
+        )
         for row, g in grid_record.items()
         if g["tuned"]
     )
@@ -818,7 +832,7 @@ def compare(
     headline_md = f"{legend_headline}\n\n{headline['markdown']}\n\n" if headline else ""
     markdown_path.write_text(
         f"{headline_md}{legend}\n\n{tables['markdown']}\n\n{legend_last}\n\n"
-        f"{tables['markdown_last']}\n{tuned_text}\n"
+        f"{tables['markdown_last']}\n{tuned_markdown}\n"
     )
     files = {
         "json": str(json_path),

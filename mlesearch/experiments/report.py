@@ -466,7 +466,8 @@ def format_headline(
     means = result["means"]
 
     def metric_cells(row: str) -> list[str]:
-        return [f"{means[row][m.name]:.4g}" for m in (primary, *extra)]
+        values = [means[row][m.name] for m in (primary, *extra)]
+        return [f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}" for v in values]
 
     body = [["(the row under test)", focus, *metric_cells(focus), "", "", ""]]
     for entry in result["rows"]:

@@ -52,15 +52,16 @@ def get_config() -> ml_collections.ConfigDict:
       task_loss: ``"lm"``: summed negative log-likelihood of the greedy continuation under the
         MLE checkpoint (the paper's MGS-LM); ``"repetition"``: seq-rep-n plus non-termination of
         the greedy continuation; ``"degeneration"``: the repetition loss plus ``length_weight``
-        times the share of the reference continuation's length by which the greedy
-        continuation falls short, ``max(0, 1 - len / ref_len)``, so that ending early does not
-        pay. Evaluation reports all three (``lm_nll``, ``repetition_loss``, ``degeneration``)
-        whichever trains.
+        times the relative gap between the mean lengths of the greedy continuations and of the
+        human ones, ``|mean(len) - mean(ref_len)| / mean(ref_len)``, so that neither ending
+        early nor running long pays (PG, MRT and GRPO, which need a cost per sample, get the
+        per-sample shortfall ``max(0, 1 - len / ref_len)`` instead). Evaluation reports all
+        three (``lm_nll``, ``repetition_loss``, ``degeneration``) whichever trains.
       rep_n: n of seq-rep-n in the ``"repetition"`` and ``"degeneration"`` task losses.
       length_weight: the weight of the length term of ``"degeneration"`` (and of the
         ``degeneration`` metric). At 2, a model that ends every continuation at once costs about
-        1.9, as much as one that repeats a token and never ends (about 2), and the pretrained
-        model about 1.1.
+        1.9, as much as one that repeats a token and never ends (about 2), and being 10% short
+        or long costs 0.2.
       sample_temperature: temperature of the samples drawn for ``pg`` and ``mrt``.
       dedupe_samples: whether ``sample`` masks out repeated samples of an input.
       eval_batch_size: the most examples per jitted evaluation chunk (the validation rows are
@@ -83,7 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.steps = 100
     config.learning_rate = 1e-4
     config.batch_size = 16
-    config.eval_every = 50
+    # Six evaluations (steps 0, 20, ..., 100) to select the checkpoint from.
+    config.eval_every = 20
     config.checkpoint_every = 150
 
     # MGS in the released code's placement (mlesearch.with_mgs): candidates probe around
@@ -124,9 +126,10 @@ def get_config() -> ml_collections.ConfigDict:
             embed_dim=64,
             mlp_dim=256,
             batch_size=16,
-            task_loss="lm",
+            task_loss="degeneration",
             rep_n=4,
-            # Weight of the "degeneration" task loss's length term, max(0, 1 - len / ref_len).
+            # Weight of the "degeneration" task loss's length term, the relative gap of the mean
+            # lengths of the continuations and of the human ones.
             length_weight=2.0,
             sample_temperature=1.0,
             dedupe_samples=False,
@@ -134,18 +137,44 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
+    # Policy-gradient baselines: 4 samples per prefix (GRPO's group), as many task-loss
+    # evaluations per step as MGS's 4 candidates.
+    config.pg.num_samples = 4
+    config.mrt.num_samples = 4
+    config.grpo.num_samples = 4
+
+    # The rows. A row's grid holds the settings searched for it, on the validation split of
+    # seeds nobody reports (see TUNING); its own fields hold the values chosen. The grids of
+    # MGS and of each policy-gradient baseline have six points each.
     lr = config.learning_rate
+    rl_grid = {"learning_rate": (lr / 2, lr, lr * 2)}
+
+    def rl_row(method, **fields):
+        grid = {**rl_grid, method: {"mle_weight": (0.0, 0.5)}}
+        return {"method": method, "grid": grid, **fields}
+
     config.rows = ml_collections.ConfigDict(
         {
             "pretrained": {"method": "pretrained"},
-            "mle": {"method": "mle"},
-            "mle_half_lr": {"method": "mle", "learning_rate": lr / 2},
-            "mgs": {"method": "mgs"},
+            "mle": {"method": "mle", "grid": {"learning_rate": (lr / 4, lr / 2, lr, lr * 2)}},
+            # MLE for about as long as MGS takes (a step of MLE costs about a fifth of one of
+            # MGS), with as many evaluations to select from.
+            "mle_long": {"method": "mle", "steps": 500, "eval_every": 100, "checkpoint_every": 500},
+            "mgs": {
+                "method": "mgs",
+                "grid": {"mgs": {"probe_scale": (0.1, 0.3, 1.0), "target_ess": (0.25, 0.5)}},
+            },
+            # MGS on the paper's task loss, the summed NLL of the continuation, which rewards
+            # ending early.
+            "mgs_lm": {"method": "mgs", "task_config": {"task_loss": "lm"}},
             "mgs_uniform": {"method": "mgs", "mgs": {"weighting": "uniform"}},
             "random_search": {"method": "random_search"},
-            "pg": {"method": "pg"},
-            "mrt": {"method": "mrt"},
+            "pg": rl_row("pg"),
+            "mrt": rl_row("mrt"),
+            "grpo": rl_row("grpo"),
         }
     )
-    config.compare_methods = "pretrained,mle,mle_half_lr,mgs,mgs_uniform,random_search,pg,mrt"
+    config.compare_methods = (
+        "pretrained,mle,mle_long,mgs,mgs_lm,mgs_uniform,random_search,pg,mrt,grpo"
+    )
     return config

@@ -79,6 +79,9 @@ CLASS_BALANCED_BETA = 0.999
 # tau of the logit-adjusted loss of [1] (their default).
 LOGIT_ADJUSTED_LOSS_TAU = 1.0
 SURROGATES = ("balanced", "class_weighted", "logit_adjusted")
+# Fields that only fine-tuning reads: which layers move, and how the task loss's images are
+# drawn (the MLE images of a batch, which pretraining reads, come first and do not depend on it).
+FINE_TUNING_FIELDS = ("finetune", "task_loss_batch")
 
 DEFAULTS: dict[str, Any] = {
     "imbalance_ratio": 50.0,

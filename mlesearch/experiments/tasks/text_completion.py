@@ -66,29 +66,29 @@ Losses
   that never ends is ``max_decode_len`` tokens long, and so pays for every one of them.
 - ``task_loss`` with ``task_loss="repetition"``: seq-rep-n [3] (``rep_n``, 4 by default) plus
   non-termination [2] of the greedy continuations, averaged over the batch (in ``[0, 2]``).
-- ``task_loss`` with ``task_loss="degeneration"``: the repetition loss plus ``length_weight``
-  times the length shortfall ``max(0, 1 - len / ref_len)`` of each continuation against the
-  human continuation of the same prefix (lengths with EOS; `length_shortfall`), averaged over
-  the batch. Running on is charged already (non-termination, repetition); ending early is what
-  the other two losses reward, so it is charged here.
+- ``task_loss`` with ``task_loss="degeneration"`` (`degeneration_loss`): the repetition loss
+  plus ``length_weight`` times the relative gap between the batch's mean continuation length
+  and its human continuations' mean length, ``|mean(len) - mean(ref_len)| / mean(ref_len)``
+  (lengths with EOS; `length_gap`). Ending early and running long both pay, but a single
+  continuation is not asked to guess its reference's length: the pretrained model's lengths
+  scatter widely around the references' (a median of 27 tokens against 36), which a per-row
+  length term would charge more than it charges a model that only emits EOS. The length term
+  is a property of the batch, not a sum over continuations, so the sampled methods (PG, MRT,
+  GRPO), which need a cost per sample, get the per-row cost of `continuation_costs` instead:
+  the repetition cost plus ``length_weight`` times the shortfall ``max(0, 1 - len / ref_len)``
+  (`length_shortfall`), which charges ending early and leaves running long to non-termination
+  and repetition.
 
 ``"lm"`` and ``"repetition"`` are smallest for a model that ends every continuation at once: a
 continuation that is only EOS costs ``-log p(EOS)`` under ``"lm"`` (7.5 nats on the validation
 split, against 95 for the pretrained model's own continuations, whose NLL per token, 2.5, is a
 third of the EOS-only model's) and 0 under ``"repetition"``. A method that minimises them
 without the MLE loss pulling back (policy gradient or minimum risk training with
-``mle_weight=0``) finds that solution. ``"degeneration"`` does not reward it. Measured on the
-validation split with the pretrained model of the default config (Python 3.11): seq-rep-4 0.275,
-non-termination 0.144 and shortfall 0.362, so 1.14 at ``length_weight=2``; a model that only
-emits EOS has shortfall 0.966 and costs 1.93, and one that emits 5 tokens (where policy
-gradient collapses) about 1.66; a model that repeats one token and never ends costs 1.99; the
-human continuations 0.009 (their seq-rep-4). The pretrained model's lengths scatter widely
-around the reference's (a median of 27 tokens against 36), so the two-sided
-``|len - ref_len| / ref_len`` (1.06 for it) would charge it more than an EOS-only model (0.97)
-at any weight. A model that stopped at exactly the reference's length but repeated one token
-would cost its seq-rep alone, about 0.96, less than the pretrained model: the length term only
-takes away the reward for ending early, and the pretrained model pays for its scattered lengths
-(0.72 of its 1.14).
+``mle_weight=0``) finds that solution. ``"degeneration"`` does not reward it: at
+``length_weight=2`` a model that only emits EOS costs about 2 (1.94 on the validation split of
+the default config), as much as one that repeats a token and never ends, while the pretrained
+model's seq-rep-4 (0.275), non-termination (0.144) and a mean length 10% under the references'
+cost about 0.6. Being 10% short or long costs 0.2.
 
 - ``sample``: ``num_samples`` continuations per prefix by ancestral sampling at
   ``sample_temperature``; their log-probabilities come from a teacher-forced pass of prefix plus
@@ -101,7 +101,8 @@ Evaluation
 ``evaluate`` greedy-decodes every prefix of the split (``max_decode_len`` tokens) and reports:
 
 - ``task_loss``: the configured task loss (the mean cost per continuation), and
-  ``task_loss_per_token``, its sum over continuations divided by their total length;
+  ``task_loss_per_token``, the task loss times the number of continuations divided by their
+  total length (for the summed NLL, the NLL per token);
 - ``lm_nll``: the ``"lm"`` cost (the summed NLL of the continuation under the reference, the MLE
   checkpoint), and ``nll_per_token``, the total NLL divided by the total length, whatever task
   loss is configured: a model that only shortens its continuations lowers the first but not the
@@ -890,8 +891,59 @@ def continuation_lengths(continuation: jax.Array, max_len: int) -> jax.Array:
     return jnp.minimum(first_eos + 1, max_len).astype(jnp.int32)
 
 
+def length_gap(lengths: jax.Array, reference_lengths: jax.Array) -> jax.Array:
+    r"""The length term of the ``"degeneration"`` task loss: the relative gap of mean lengths.
+
+    .. math:: \frac{|\sum_i \ell_i - \sum_i \ell_{ref,i}|}{\sum_i \ell_{ref,i}}
+
+    0 when the continuations are as long as the human ones on average, ``1 - 1/mean(ref_len)``
+    when every continuation is EOS alone, and growing without bound with continuations that run
+    on. Lengths count the tokens up to and including EOS.
+
+    Args:
+      lengths: continuation lengths, shape ``(batch,)``, each >= 1.
+      reference_lengths: the human continuations' lengths, shape ``(batch,)``, each >= 1.
+
+    Returns:
+      The gap, a float32 scalar.
+    """
+    total = jnp.sum(lengths.astype(jnp.float32))
+    reference_total = jnp.sum(reference_lengths.astype(jnp.float32))
+    return jnp.abs(total - reference_total) / reference_total
+
+
+def degeneration_loss(
+    continuation: jax.Array,
+    lengths: jax.Array,
+    reference_lengths: jax.Array,
+    rep_n: int = 4,
+    length_weight: float = DEFAULT_LENGTH_WEIGHT,
+) -> jax.Array:
+    """The ``"degeneration"`` task loss of a batch: repetition, non-termination, length gap.
+
+    The batch mean of `repetition_cost` (seq-rep-``rep_n`` plus non-termination) plus
+    ``length_weight`` times `length_gap`, the relative gap between the mean lengths of the
+    continuations and of the human ones.
+
+    Args:
+      continuation: int32 continuations, shape ``(batch, length)``, ``PAD_ID`` after EOS.
+      lengths: continuation lengths up to and including EOS, shape ``(batch,)``.
+      reference_lengths: the human continuations' lengths, EOS included, shape ``(batch,)``.
+      rep_n: n of seq-rep-n.
+      length_weight: the weight of the length term.
+
+    Returns:
+      The loss, a float32 scalar; lower is better.
+    """
+    repetition = jnp.mean(repetition_cost(continuation, rep_n))
+    return repetition + length_weight * length_gap(lengths, reference_lengths)
+
+
 def length_shortfall(lengths: jax.Array, reference_lengths: jax.Array) -> jax.Array:
-    r"""The length term of the ``"degeneration"`` task loss: :math:`\max(0, 1 - \ell/\ell_{ref})`.
+    r"""The per-sample length term of ``"degeneration"``: :math:`\max(0, 1 - \ell/\ell_{ref})`.
+
+    The cost of a sample for the sampled methods, which need one per sample (`length_gap`, the
+    task loss's term, is a property of the batch).
 
     The share of the reference continuation's length by which a continuation falls short, in
     ``[0, 1)``: 0 for a continuation at least as long as the reference, ``1 - 1/\ell_{ref}``
@@ -967,9 +1019,11 @@ def continuation_costs(
       kind: ``"lm"``: the negative log-likelihood under ``reference``, summed over the tokens up
         to and including the first EOS (the ``"lm"`` distance of [1], `lm_cost`);
         ``"repetition"``: seq-rep-``rep_n`` [3] plus non-termination [2] (`repetition_cost`);
-        ``"degeneration"``: the repetition cost plus ``length_weight`` times
-        `length_shortfall`, :math:`\max(0, 1 - \ell / \ell_{ref})`, so that ending early is
-        no way out of repetition. ``reference`` and ``prefix`` are only read by ``"lm"``,
+        ``"degeneration"``: the per-row cost of the sampled methods for that task loss (whose
+        length term, `length_gap`, is a property of the batch, see `degeneration_loss`): the
+        repetition cost plus ``length_weight`` times `length_shortfall`,
+        :math:`\max(0, 1 - \ell / \ell_{ref})`, so that ending early is no way out of
+        repetition. ``reference`` and ``prefix`` are only read by ``"lm"``,
         ``reference_lengths`` only by ``"degeneration"``.
       model: the `TransformerLM`.
       reference: the parameters that score continuations for ``"lm"`` (the MLE checkpoint).
@@ -1186,6 +1240,10 @@ def _task_loss_fn(setup: _Setup) -> Callable[[Params, Batch, Params], jax.Array]
             output.tokens, output.lengths, setup.fine_tuning_budget(batch["tokens"])
         )
         reference_lengths = setup.reference_lengths(batch["tokens"])
+        if setup.task_loss_kind == "degeneration":
+            return degeneration_loss(
+                continuation, lengths, reference_lengths, setup.rep_n, setup.length_weight
+            )
         return jnp.mean(setup.costs(reference, prefix, continuation, lengths, reference_lengths))
 
     return task_loss
@@ -1256,24 +1314,12 @@ def _eval_chunk_fn(setup: _Setup) -> _EvalChunkFn:
         # the MLE loss of whole rows (as in ``mle_loss``) and the perplexity of the human
         # continuations (EOS included; the weights vanish after EOS) under ``params``.
         row_log_probs, row_weights = _weighted_log_probs(model, params, tokens)
-        degeneration = continuation_costs(
-            "degeneration",
-            model,
-            None,
-            prefix,
-            generated,
-            lengths,
-            setup.rep_n,
-            reference_lengths=ref_lengths,
-            length_weight=setup.length_weight,
-        )
         return {
             "seq_rep_4": metrics.sequence_repetition(generated, 4, eos_id=EOS_ID, pad_id=PAD_ID),
             "non_term": metrics.non_termination(generated, eos_id=EOS_ID),
             "gen_len": lengths.astype(jnp.float32),
             "ref_len": ref_lengths.astype(jnp.float32),
             "repetition_loss": repetition_cost(generated, setup.rep_n),
-            "degeneration": degeneration,
             "ref_nll": -jnp.sum(row_log_probs[:, prefix_len - 1 :], axis=1),
             "ref_tokens": jnp.sum(row_weights[:, prefix_len - 1 :], axis=1),
             "sentence_nll": -jnp.sum(row_log_probs, axis=1),
@@ -1369,18 +1415,23 @@ def _evaluate_fn(
             group_rows,
         )
         totals["lm_nll"] = float(np.sum(lm_nll))
-        # Each task loss is summed in ``totals`` under the name of its metric.
-        total_cost = totals[PRIMARY_METRICS[setup.task_loss_kind]]
         count = float(len(tokens))
         avg_len = totals["gen_len"] / count
         avg_ref_len = totals["ref_len"] / count
-        return {
-            "task_loss": total_cost / count,
-            "task_loss_per_token": total_cost / totals["gen_len"],
+        repetition_loss = totals["repetition_loss"] / count
+        losses = {
             "lm_nll": totals["lm_nll"] / count,
+            "repetition_loss": repetition_loss,
+            # `degeneration_loss` over the whole split.
+            "degeneration": repetition_loss
+            + setup.length_weight * abs(avg_len - avg_ref_len) / avg_ref_len,
+        }
+        task_loss = losses[PRIMARY_METRICS[setup.task_loss_kind]]
+        return {
+            "task_loss": task_loss,
+            "task_loss_per_token": task_loss * count / totals["gen_len"],
             "nll_per_token": totals["lm_nll"] / totals["gen_len"],
-            "degeneration": totals["degeneration"] / count,
-            "repetition_loss": totals["repetition_loss"] / count,
+            **losses,
             "seq_rep_4": totals["seq_rep_4"] / count,
             "non_term": totals["non_term"] / count,
             "ppl": float(np.exp(totals["ref_nll"] / totals["ref_tokens"])),
