@@ -16,9 +16,6 @@ References:
   modeling, AAAI 2021, https://arxiv.org/abs/2006.03158.
 """
 
-import importlib
-from typing import Any
-
 from mlesearch.recipes import mgs_adamw, with_mgs
 from mlesearch.sampling import (
     auto_temperature,
@@ -46,8 +43,10 @@ _LAZY_MODULES = {
 _LAZY_FUNCTIONS = {"host_task_loss": "mlesearch.seq.host"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """``mlesearch.metrics``, ``.decoding``, ``.models``, ``.baselines``, ``.host_task_loss``."""
+    import importlib  # here, so that ``dir(mlesearch)`` lists the API only
+
     if name in _LAZY_MODULES:
         value = importlib.import_module(_LAZY_MODULES[name])
     elif name in _LAZY_FUNCTIONS:
@@ -62,16 +61,14 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY_MODULES, *_LAZY_FUNCTIONS})
 
 
+# The API that ``import mlesearch`` loads. The lazily loaded names above stay out, so that
+# ``from mlesearch import *`` needs only jax, optax and chex, as the core does; they are in
+# ``dir(mlesearch)`` and load on first use.
 __all__ = [
     "MGSInfo",
     "MGSState",
     "auto_chunk_size",
     "auto_temperature",
-    "baselines",
-    "decoding",
-    "host_task_loss",
-    "metrics",
-    "models",
     "candidate_weights",
     "component_sizes",
     "effective_sample_size",

@@ -61,9 +61,13 @@ _AUTO_ESS_TIE = 1e-4
 def component_sizes(num_candidates: int, mix: float) -> tuple[int, int]:
     r"""Splits ``num_candidates`` between the zero-mean and the guided component.
 
-    Stratified allocation: :math:`k_0 = \mathrm{round}(\lambda n)` candidates come from
-    :math:`\mathcal{N}(0, \sigma^2 I)` and the other :math:`n - k_0` from
-    :math:`\mathcal{N}(u, \sigma^2 I)`. Candidates ``0 .. k0-1`` are zero-mean, the rest guided.
+    Stratified allocation: :math:`k_0 = \lceil \lambda n - \tfrac12 \rceil` candidates come
+    from :math:`\mathcal{N}(0, \sigma^2 I)` and the other :math:`n - k_0` from
+    :math:`\mathcal{N}(u, \sigma^2 I)`: :math:`\lambda n` rounded to the nearest integer, a
+    half rounded down, so that a tie gives the odd candidate to the guided component (n = 1 with
+    λ = 1/2 is one guided candidate; n = 3 splits (1, 2), n = 5 (2, 3)). λn is read to 9
+    decimals first, so that a tie written in decimal (λ = 0.1, n = 15) stays a tie in float.
+    Candidates ``0 .. k0-1`` are zero-mean, the rest guided.
 
     Args:
       num_candidates: n, the number of candidates (a Python int, at least 1).
@@ -72,10 +76,15 @@ def component_sizes(num_candidates: int, mix: float) -> tuple[int, int]:
     Returns:
       ``(k0, n - k0)``: the number of zero-mean and of guided candidates.
 
+    Examples:
+      >>> from mlesearch import component_sizes
+      >>> [component_sizes(n, 0.5) for n in (1, 2, 3, 4, 5)]
+      [(0, 1), (1, 1), (1, 2), (2, 2), (2, 3)]
+
     References:
       [3] Veach & Guibas 1995.
     """
-    num_zero_mean = int(round(mix * num_candidates))
+    num_zero_mean = math.ceil(round(mix * num_candidates, 9) - 0.5)
     return num_zero_mean, num_candidates - num_zero_mean
 
 
@@ -290,24 +299,35 @@ def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree) -> Any:
 def _leaf_terms(
     d: jax.Array, u: jax.Array, scale: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """A leaf's squared standardised distances to the two means, and its log normaliser.
+    r"""A leaf's centred squared distances to the two means, and its shared log density.
 
-    A leaf whose scale is zero takes no part in the density: all three terms are 0.
+    The centred squared distance to a mean m is :math:`\sum (z^2 - 1)` with :math:`z = (\Delta -
+    m)/\sigma` standardised (see `_shared_log_density`). A leaf whose scale is zero takes no part
+    in the density: all three terms are 0.
     """
     d = d.astype(jnp.float32)
     u = u.astype(jnp.float32)
     active = scale > 0
     safe_scale = jnp.where(active, scale, 1.0)
-    sq_zero = jnp.where(active, jnp.sum(jnp.square(d / safe_scale)), 0.0)
-    sq_guided = jnp.where(active, jnp.sum(jnp.square((d - u) / safe_scale)), 0.0)
-    return sq_zero, sq_guided, _log_normalizer(d.size, scale)
+    sq_zero = jnp.where(active, jnp.sum(jnp.square(d / safe_scale) - 1.0), 0.0)
+    sq_guided = jnp.where(active, jnp.sum(jnp.square((d - u) / safe_scale) - 1.0), 0.0)
+    return sq_zero, sq_guided, _shared_log_density(d.size, scale)
 
 
-def _log_normalizer(size: int, scale: jax.Array) -> jax.Array:
-    """log of N(·; m, σ²I)'s constant for a leaf of ``size`` entries; 0 where σ = 0."""
+def _shared_log_density(size: int, scale: jax.Array) -> jax.Array:
+    r"""The part of :math:`\log\mathcal{N}(\Delta; m, \sigma^2 I)` on a leaf that no candidate
+    changes: :math:`-\tfrac12\,\mathrm{size}\,(\log 2\pi + 2\log\sigma + 1)`; 0 where σ = 0.
+
+    The rest of the log density is :math:`-\tfrac12 \sum (z^2 - 1)`, the squared standardised
+    distance centred at its mean under the proposal. It is of order :math:`\sqrt{\mathrm{size}}`,
+    where float32 keeps its differences between candidates to about 10⁻⁴ nats at size 2²². The
+    shared part, about :math:`-1.4\,\mathrm{size}` for σ = 1, cancels in self-normalised
+    weights; added first, it would round those differences to float32's spacing at its
+    magnitude (0.5 nats at size 2²²).
+    """
     active = scale > 0
     safe_scale = jnp.where(active, scale, 1.0)
-    return jnp.where(active, -0.5 * size * (_LOG_2PI + 2.0 * jnp.log(safe_scale)), 0.0)
+    return jnp.where(active, -0.5 * size * (_LOG_2PI + 2.0 * jnp.log(safe_scale) + 1.0), 0.0)
 
 
 def _log_mixture(share: chex.Numeric, sq_zero: jax.Array, sq_guided: jax.Array) -> jax.Array:
@@ -376,7 +396,7 @@ def sample_candidate(
     )
 
 
-def effective_perturbation(param: jax.Array, delta: jax.Array) -> jax.Array:
+def _effective_perturbation(param: jax.Array, delta: jax.Array) -> jax.Array:
     r"""The perturbation that a parameter leaf really receives, in float32.
 
     On a leaf narrower than float32 (bfloat16, float16), :math:`\theta + \Delta` is rounded to the
@@ -397,7 +417,7 @@ def effective_perturbation(param: jax.Array, delta: jax.Array) -> jax.Array:
     return (wide + delta).astype(param.dtype).astype(jnp.float32) - wide
 
 
-def sample_candidate_and_log_q(
+def _sample_candidate_and_log_q(
     key: jax.Array,
     index: chex.Numeric,
     guide: chex.ArrayTree,
@@ -407,7 +427,8 @@ def sample_candidate_and_log_q(
     antithetic: bool = False,
     params: chex.ArrayTree | None = None,
 ) -> tuple[Any, jax.Array]:
-    r"""Draws candidate ``index`` like :func:`sample_candidate`, with its log density under q.
+    r"""Draws candidate ``index`` like :func:`sample_candidate`, with its log density under q
+    less a constant that every candidate of the step shares.
 
     The density comes from the noise as it is drawn, not from a second pass over
     :math:`\Delta_i`. In standardised units :math:`v_\ell = u_\ell / \sigma_\ell`, a candidate
@@ -422,11 +443,15 @@ def sample_candidate_and_log_q(
 
     so only :math:`\|\epsilon_i\|^2` and :math:`\epsilon_i\cdot v` vary with the candidate, and
     the shared :math:`\|\epsilon_i\|^2` leaves the log-sum-exp of the two components, which
-    keeps their difference exact in float32. It equals :func:`log_proposal_density` of the
-    returned perturbation up to float32 rounding.
+    keeps their difference exact in float32. The normalising constants, shared by every
+    candidate, are left out (they cancel in self-normalised weights, and at large d their sum
+    would round away the differences between candidates, see `_shared_log_density`), and
+    :math:`\|\epsilon_i\|^2` enters centred, as :math:`\sum(\epsilon^2 - 1)`. The result
+    equals :func:`log_proposal_density` of the returned perturbation with
+    ``include_normalizer=False``, up to float32 rounding.
 
-    With ``params``, a leaf narrower than float32 returns its :func:`effective_perturbation`,
-    and its density terms are computed from that one (the rounded point is the one evaluated).
+    With ``params``, a leaf narrower than float32 returns its `_effective_perturbation`, and
+    its density terms are computed from that one (the rounded point is the one evaluated).
 
     Args:
       key: the step's PRNG key.
@@ -440,7 +465,8 @@ def sample_candidate_and_log_q(
 
     Returns:
       ``(delta, log_q)``: :math:`\Delta_i` (a float32 pytree shaped like ``guide``) and
-      :math:`\log q(\Delta_i)` (a float32 scalar, shape ``()``).
+      :math:`\log q(\Delta_i) - c` (a float32 scalar, shape ``()``), where c depends on the
+      sizes and scales of the leaves only.
 
     References:
       [3] Veach & Guibas 1995 (the mixture density of a stratified sample).
@@ -450,7 +476,7 @@ def sample_candidate_and_log_q(
     return _perturbation_and_log_q(noise, sign, is_guided, guide, scales, zero_mean_share, params)
 
 
-def sample_antithetic_pair_and_log_q(
+def _sample_antithetic_pair_and_log_q(
     key: jax.Array,
     pair: chex.Numeric,
     guide: chex.ArrayTree,
@@ -461,7 +487,7 @@ def sample_antithetic_pair_and_log_q(
 ) -> tuple[Any, jax.Array]:
     r"""Draws the antithetic candidates ``2 * pair`` and ``2 * pair + 1`` from one noise draw.
 
-    The same candidates and log densities as :func:`sample_candidate_and_log_q` with
+    The same candidates and log densities as `_sample_candidate_and_log_q` with
     ``antithetic=True`` at ``index = 2 * pair`` and ``2 * pair + 1``, but the noise
     :math:`\epsilon` shared by the pair is drawn once, not once per candidate: under ``jax.vmap``
     over pairs, a step draws n / 2 noise vectors instead of n. On CPU the random bits are most of
@@ -478,7 +504,8 @@ def sample_antithetic_pair_and_log_q(
 
     Returns:
       ``(deltas, log_q)``: the two perturbations, stacked (each leaf of shape
-      ``(2, *leaf.shape)``, float32, ``+ε`` first), and their log densities, shape ``(2,)``.
+      ``(2, *leaf.shape)``, float32, ``+ε`` first), and their log densities less c, shape
+      ``(2,)``.
     """
     first = 2 * jnp.asarray(pair, jnp.int32)
     noise, _ = _candidate_noise(key, first, guide, antithetic=True)
@@ -501,11 +528,12 @@ def _perturbation_and_log_q(
     zero_mean_share: chex.Numeric,
     params: chex.ArrayTree | None,
 ) -> tuple[Any, jax.Array]:
-    """Δ = m + sign·σ·ε from drawn noise ε, and log q(Δ) from ε (see sample_candidate_and_log_q)."""
+    """Δ = m + sign·σ·ε from drawn noise ε, and log q(Δ) - c from ε (as described in
+    `_sample_candidate_and_log_q`)."""
     if params is None:
         params = jax.tree.map(lambda u: jax.ShapeDtypeStruct(jnp.shape(u), jnp.float32), guide)
     zero = jnp.float32(0.0)
-    noise_sq, cross, guide_sq, rounded_zero, rounded_guided, log_norm = (zero,) * 6
+    noise_sq, cross, guide_sq, rounded_zero, rounded_guided = (zero,) * 5
     deltas = []
     leaves = zip(
         jax.tree.leaves(guide),
@@ -520,21 +548,19 @@ def _perturbation_and_log_q(
         if jnp.finfo(param.dtype).bits >= 32:
             active = scale > 0
             v = u / jnp.where(active, scale, 1.0)
-            noise_sq += jnp.where(active, jnp.sum(jnp.square(eps)), 0.0)
+            noise_sq += jnp.where(active, jnp.sum(jnp.square(eps) - 1.0), 0.0)
             cross += jnp.where(active, sign * jnp.sum(eps * v), 0.0)
             guide_sq += jnp.where(active, jnp.sum(jnp.square(v)), 0.0)
-            log_norm += _log_normalizer(eps.size, scale)
         else:
-            delta = effective_perturbation(param, delta)
-            sq_zero, sq_guided, leaf_log_norm = _leaf_terms(delta, u, scale)
+            delta = _effective_perturbation(param, delta)
+            sq_zero, sq_guided, _ = _leaf_terms(delta, u, scale)
             rounded_zero += sq_zero
             rounded_guided += sq_guided
-            log_norm += leaf_log_norm
         deltas.append(delta)
-    # Squared distances less the shared ‖ε‖² of the float32 leaves.
+    # Centred squared distances less the shared Σ(ε² - 1) of the float32 leaves.
     extra_zero = rounded_zero + jnp.where(is_guided, guide_sq + 2.0 * cross, 0.0)
     extra_guided = rounded_guided + jnp.where(is_guided, 0.0, guide_sq - 2.0 * cross)
-    log_q = log_norm - 0.5 * noise_sq + _log_mixture(zero_mean_share, extra_zero, extra_guided)
+    log_q = -0.5 * noise_sq + _log_mixture(zero_mean_share, extra_zero, extra_guided)
     return jax.tree.unflatten(jax.tree.structure(guide), deltas), log_q
 
 
@@ -574,6 +600,8 @@ def log_proposal_density(
     guide: chex.ArrayTree,
     scales: chex.ArrayTree,
     zero_mean_share: chex.Numeric,
+    *,
+    include_normalizer: bool = True,
 ) -> jax.Array:
     r"""Log density of the mixture proposal at ``delta``.
 
@@ -589,15 +617,24 @@ def log_proposal_density(
     left out: there both components put a point mass on the component's mean (see
     :func:`proposal_scales`).
 
+    For importance weights, pass ``include_normalizer=False``: the result is then
+    :math:`\log q(\Delta) - c`, with the constant
+    :math:`c = -\tfrac12 \sum_\ell d_\ell (\log 2\pi + 2 \log\sigma_\ell + 1)` over the
+    leaves of :math:`d_\ell` entries and nonzero scale, the same for every ``delta``; it cancels
+    in self-normalised weights. At large d the true density, about :math:`-1.4\,d` for σ = 1,
+    is rounded to float32's spacing at that magnitude (0.5 nats at d = 2²²), which its
+    differences between candidates inherit; without c they keep about 10⁻⁴ nats.
+
     Args:
       delta: :math:`\Delta`, a pytree with the structure of ``guide``.
       guide: the guide update u.
       scales: per-leaf noise scales from :func:`proposal_scales`, float32 scalars.
       zero_mean_share: λ, the weight of the zero-mean component, in [0, 1]. For a stratified sample
         use ``k0 / n`` (the balance heuristic [3]).
+      include_normalizer: whether to add c (above), making the result the true log density.
 
     Returns:
-      :math:`\log q(\Delta)`, a float32 scalar, shape ``()``.
+      :math:`\log q(\Delta)`, or :math:`\log q(\Delta) - c`, a float32 scalar, shape ``()``.
 
     References:
       [1] Welleck & Cho 2020, arXiv 2006.03158, eq. for the MGS proposal.
@@ -609,20 +646,40 @@ def log_proposal_density(
         jax.tree.leaves(delta), jax.tree.leaves(guide), jax.tree.leaves(scales), strict=True
     )
     terms = [_leaf_terms(d, u, scale) for d, u, scale in leaves]
-    sq_zero, sq_guided, log_norm = (
+    sq_zero, sq_guided, shared = (
         sum(parts, jnp.float32(0.0)) for parts in zip(*terms, strict=True)
     )
-    return log_norm + _log_mixture(zero_mean_share, sq_zero, sq_guided)
+    log_q = _log_mixture(zero_mean_share, sq_zero, sq_guided)
+    return shared + log_q if include_normalizer else log_q
 
 
 def _log_weight_terms(
     candidate_losses: jax.Array, log_proposals: jax.Array | None, weighting: str
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Shifted losses and shifted -log q, both >= 0, and the mask of usable candidates."""
-    excess_loss, excess_log_q, valid, _, _ = _shifted_log_weight_terms(
+    """Half the shifted losses and half the shifted log q, both >= 0, and the usable mask."""
+    half_loss, half_log_q, valid, _, _ = _shifted_log_weight_terms(
         candidate_losses, log_proposals, weighting
     )
-    return excess_loss, excess_log_q, valid
+    return half_loss, half_log_q, valid
+
+
+def _half_gap(value: jax.Array, shift: jax.Array) -> jax.Array:
+    """(value - shift) / 2, as value/2 - shift/2: finite for any two finite float32 numbers,
+    whose difference itself can overflow (3e38 - (-3e38))."""
+    return 0.5 * value - 0.5 * shift
+
+
+def _divide(numerator: jax.Array, divisor: jax.Array) -> jax.Array:
+    """numerator / divisor for a positive divisor, also where its reciprocal is subnormal.
+
+    XLA:CPU divides by multiplying with the reciprocal, which flushes to 0 for a divisor above
+    2¹²⁶ (about 8.5e37): 3e38 / 2e38 came out 0. Scaling both by 2⁻⁶⁴ first is exact, and keeps
+    the reciprocal normal. The barrier keeps XLA from folding a constant divisor's scale into
+    its reciprocal, which would make the subnormal factor again.
+    """
+    divisor = jax.lax.optimization_barrier(divisor)
+    scale = jnp.where(divisor > 2.0**100, 2.0**-64, 1.0).astype(jnp.float32)
+    return (numerator * scale) / (divisor * scale)
 
 
 def _shifted_log_weight_terms(
@@ -630,7 +687,10 @@ def _shifted_log_weight_terms(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """`_log_weight_terms`, and the shifts: the best finite loss and the smallest finite log q.
 
-    A shift is +inf when no candidate is usable, and 0 where the weighting ignores the term.
+    The terms are half gaps (`_half_gap`), so that finite losses and log q always give finite
+    terms, however far apart: the logits are then taken in half units (`_softmax_and_log_mass`),
+    and the candidates keep their ranking instead of overflowing to weight 0. A shift is +inf
+    when no candidate is usable, and 0 where the weighting ignores the term.
     """
     losses = jnp.asarray(candidate_losses, jnp.float32)
     valid = jnp.isfinite(losses)
@@ -644,29 +704,30 @@ def _shifted_log_weight_terms(
         valid &= jnp.isfinite(log_q)
         # Shift by the smallest log q so that the -log q term is <= 0 and nothing overflows.
         min_log_q = jnp.min(jnp.where(valid, log_q, jnp.inf))
-        excess_log_q = jnp.where(valid, log_q - min_log_q, 0.0)
+        half_log_q = jnp.where(valid, _half_gap(log_q, min_log_q), 0.0)
     elif weighting in ("tilted", "uniform"):
         min_log_q = zero
-        excess_log_q = jnp.zeros_like(losses)
+        half_log_q = jnp.zeros_like(losses)
     else:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
     if weighting == "uniform":
-        return jnp.zeros_like(losses), excess_log_q, valid, zero, min_log_q
+        return jnp.zeros_like(losses), half_log_q, valid, zero, min_log_q
     # l(θ) is the same for every candidate and cancels in the softmax; shifting by the best finite
-    # loss instead keeps -Δl/α <= 0 whatever the scale of the losses, even for ±1e30.
+    # loss instead keeps -Δl/α <= 0 whatever the scale of the losses, even for ±3e38.
     best = jnp.min(jnp.where(valid, losses, jnp.inf))
-    excess_loss = jnp.where(valid, losses - best, 0.0)
-    return excess_loss, excess_log_q, valid, best, min_log_q
+    half_loss = jnp.where(valid, _half_gap(losses, best), 0.0)
+    return half_loss, half_log_q, valid, best, min_log_q
 
 
 def _normalized_weights(
-    excess_loss: jax.Array, excess_log_q: jax.Array, valid: jax.Array, temperature: jax.Array
+    half_loss: jax.Array, half_log_q: jax.Array, valid: jax.Array, temperature: jax.Array
 ) -> jax.Array:
-    return _softmax_and_log_mass(excess_loss, excess_log_q, valid, temperature)[0]
+    return _softmax_and_log_mass(half_loss, half_log_q, valid, temperature)[0]
 
 
-def _scaled_loss(excess_loss: jax.Array, temperature: jax.Array) -> jax.Array:
-    """Loss gaps (>= 0) over α; a gap that overflowed to inf stays inf, even at α = inf.
+def _scaled_loss(loss_gap: jax.Array, temperature: jax.Array) -> jax.Array:
+    """Loss gaps (>= 0) over α; an infinite gap (from the shift +inf of a chunk with nothing
+    usable) stays inf, even at α = inf.
 
     α that is not positive (≤ 0, as a schedule annealed to 0 reaches by rounding, or NaN) takes
     the α → 0⁺ limit: a gap of 0 stays 0 and any other gap becomes +inf. Dividing instead would
@@ -674,24 +735,31 @@ def _scaled_loss(excess_loss: jax.Array, temperature: jax.Array) -> jax.Array:
     at α = 0.
     """
     positive = temperature > 0
-    scaled = excess_loss / jnp.where(positive, temperature, 1.0)
-    limit = jnp.where(excess_loss > 0, jnp.inf, 0.0)
-    return jnp.where(positive, jnp.where(jnp.isinf(excess_loss), jnp.inf, scaled), limit)
+    scaled = _divide(loss_gap, jnp.where(positive, temperature, 1.0))
+    scaled = jnp.where(jnp.isinf(loss_gap), jnp.inf, scaled)
+    return jnp.where(positive, scaled, jnp.where(loss_gap > 0, jnp.inf, 0.0))
 
 
 def _softmax_and_log_mass(
-    excess_loss: jax.Array, excess_log_q: jax.Array, valid: jax.Array, temperature: jax.Array
+    half_loss: jax.Array, half_log_q: jax.Array, valid: jax.Array, temperature: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """The weights, and log Σᵢ exp(log wᵢ) of their logits before normalising (-inf if none)."""
-    # excess_loss == 0 for the best candidate: its loss term is 0 for every α, limit included.
-    logits = jnp.where(valid, -_scaled_loss(excess_loss, temperature) - excess_log_q, -jnp.inf)
-    top = jnp.max(logits)
+    """The weights, and half of log Σᵢ exp(log wᵢ) over their logits before normalising (-inf if
+    none is usable).
+
+    The logits are taken in half units, h = (-Δl/α - Δlog q) / 2, and the weights are
+    exp(2 (h - max h)), normalised: the same numbers as from the logits themselves wherever
+    those do not overflow, and the candidate with the best loss has a finite h (0 - Δlog q / 2),
+    so the weights never all vanish while a candidate is usable.
+    """
+    # half_loss == 0 for the best candidate: its loss term is 0 for every α, limit included.
+    half_logits = jnp.where(valid, -_scaled_loss(half_loss, temperature) - half_log_q, -jnp.inf)
+    top = jnp.max(half_logits)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
-    unnormalized = jnp.exp(logits - top)
+    unnormalized = jnp.exp(2.0 * (half_logits - top))
     total = jnp.sum(unnormalized)
     safe_total = jnp.where(total > 0, total, 1.0)
     weights = jnp.where(total > 0, unnormalized / safe_total, 0.0)
-    return weights, jnp.where(total > 0, top + jnp.log(safe_total), -jnp.inf)
+    return weights, jnp.where(total > 0, top + 0.5 * jnp.log(safe_total), -jnp.inf)
 
 
 def candidate_weights(
@@ -715,7 +783,10 @@ def candidate_weights(
     control that separates selection by the task loss from the effect of the noise.
 
     Candidates whose loss (or, for ``"importance"``, log q) is not finite get weight 0. If no
-    candidate is usable, every weight is 0, never NaN.
+    candidate is usable, every weight is 0, never NaN. Finite values however far apart (losses
+    of -3e38 and 3e38, whose gap overflows float32) keep their ranking: the logits are taken in
+    half units, so the weights are the softmax's wherever float32 can hold them, and never all
+    0 while a candidate is usable.
 
     A temperature that is not positive (α ≤ 0, as a schedule annealed to 0 reaches by float
     rounding, or NaN) gives the exact α → 0⁺ limit, never the weights of a negative α: all the
@@ -739,16 +810,14 @@ def candidate_weights(
       [1] Welleck & Cho 2020, arXiv 2006.03158.
       [2] Owen 2013, ch. 9.
     """
-    excess_loss, excess_log_q, valid = _log_weight_terms(candidate_losses, log_proposals, weighting)
-    return _normalized_weights(
-        excess_loss, excess_log_q, valid, jnp.asarray(temperature, jnp.float32)
-    )
+    half_loss, half_log_q, valid = _log_weight_terms(candidate_losses, log_proposals, weighting)
+    return _normalized_weights(half_loss, half_log_q, valid, jnp.asarray(temperature, jnp.float32))
 
 
-class RunningWeightedMean(NamedTuple):
+class _RunningWeightedMean(NamedTuple):
     """Σᵢ wᵢ Δᵢ over the candidates seen so far, with the weights normalised over them.
 
-    The state of `update_running_weighted_mean`, which folds in candidates chunk by chunk, as an
+    The state of `_update_running_weighted_mean`, which folds in candidates chunk by chunk, as an
     online softmax does, so that each chunk is drawn once and never kept.
 
     Attributes:
@@ -756,55 +825,55 @@ class RunningWeightedMean(NamedTuple):
         before any usable candidate; 0 for ``"uniform"``), shape ``()``.
       min_log_q: the smallest finite log q so far, the shift of the log q term (+inf before any
         usable candidate; 0 unless ``"importance"``), shape ``()``.
-      log_mass: log Σᵢ exp(log wᵢ) over the candidates so far, their logits taken with those
-        shifts (-inf before any usable candidate), shape ``()``.
+      half_log_mass: half of log Σᵢ exp(log wᵢ) over the candidates so far, their logits taken
+        with those shifts (-inf before any usable candidate), shape ``()``; in half units, as
+        in `_softmax_and_log_mass`, so that it stays finite however far apart the losses are.
       mean: the weighted mean of their perturbations, float32, shaped like the parameters
         (zeros before any usable candidate).
     """
 
     best_loss: jax.Array
     min_log_q: jax.Array
-    log_mass: jax.Array
+    half_log_mass: jax.Array
     mean: Any
 
 
-def init_running_weighted_mean(like: Any) -> RunningWeightedMean:
-    """The empty `RunningWeightedMean`: no candidate seen, a zero mean shaped like ``like``.
+def _init_running_weighted_mean(like: Any) -> _RunningWeightedMean:
+    """The empty `_RunningWeightedMean`: no candidate seen, a zero mean shaped like ``like``.
 
     Args:
       like: a pytree shaped like the parameters (leaves of any shape).
 
     Returns:
-      A `RunningWeightedMean` whose ``mean`` is float32 zeros shaped like ``like``.
+      A `_RunningWeightedMean` whose ``mean`` is float32 zeros shaped like ``like``.
     """
     inf = jnp.asarray(jnp.inf, jnp.float32)
-    return RunningWeightedMean(
+    return _RunningWeightedMean(
         best_loss=inf,
         min_log_q=inf,
-        log_mass=-inf,
+        half_log_mass=-inf,
         mean=jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), like),
     )
 
 
-def update_running_weighted_mean(
-    running: RunningWeightedMean,
+def _update_running_weighted_mean(
+    running: _RunningWeightedMean,
     candidate_losses: chex.Array,
     log_proposals: chex.Array | None,
     perturbations: Any,
     temperature: chex.Numeric = 1.0,
     weighting: str = "importance",
-) -> RunningWeightedMean:
+) -> _RunningWeightedMean:
     r"""Folds a chunk of candidates into a running weighted mean of the perturbations.
 
     After every chunk of n candidates has been folded in, in any order, ``mean`` is
-    :math:`\sum_i w_i \Delta_i` with the weights `candidate_weights` gives all n, up to rounding
-    (and wherever no loss gap overflows float32: where one does, the result depends on the
-    shift it was taken from). Each chunk's softmax is merged with the running one through their
-    log masses, rescaled when either shift (best loss, smallest log q) moves, and its
-    perturbations are summed with one dot per leaf.
+    :math:`\sum_i w_i \Delta_i` with the weights `candidate_weights` gives all n, up to
+    rounding. Each chunk's softmax is merged with the running one through their log masses,
+    rescaled when either shift (best loss, smallest log q) moves, and its perturbations are
+    summed with one dot per leaf.
 
     Args:
-      running: the state so far (`init_running_weighted_mean` before the first chunk).
+      running: the state so far (`_init_running_weighted_mean` before the first chunk).
       candidate_losses: the chunk's losses, shape ``(c,)``.
       log_proposals: their log q, shape ``(c,)``; required for ``"importance"``.
       perturbations: their perturbations, leaves ``(c, *shape)``.
@@ -813,40 +882,43 @@ def update_running_weighted_mean(
       weighting: ``"importance"``, ``"tilted"`` or ``"uniform"``.
 
     Returns:
-      The updated `RunningWeightedMean`.
+      The updated `_RunningWeightedMean`.
 
     References:
       [4] Milakov & Gimelshein 2018.
     """
     temperature = jnp.asarray(temperature, jnp.float32)
-    excess_loss, excess_log_q, valid, best, min_log_q = _shifted_log_weight_terms(
+    half_loss, half_log_q, valid, best, min_log_q = _shifted_log_weight_terms(
         candidate_losses, log_proposals, weighting
     )
-    weights, log_mass = _softmax_and_log_mass(excess_loss, excess_log_q, valid, temperature)
+    weights, half_log_mass = _softmax_and_log_mass(half_loss, half_log_q, valid, temperature)
     chunk_mean = jax.tree.map(
         lambda d: jnp.tensordot(weights, d, axes=1).astype(jnp.float32), perturbations
     )
     new_best = jnp.minimum(running.best_loss, best)
     new_min_log_q = jnp.minimum(running.min_log_q, min_log_q)
 
-    def shifted(log_mass: jax.Array, best: jax.Array, min_log_q: jax.Array) -> jax.Array:
+    def shifted(half_log_mass: jax.Array, best: jax.Array, min_log_q: jax.Array) -> jax.Array:
         # Both shifts only decrease, so both gaps are >= 0 (inf - inf, nothing seen, is no gap).
-        loss_gap = jnp.where(best == new_best, 0.0, best - new_best)
-        log_q_gap = jnp.where(min_log_q == new_min_log_q, 0.0, min_log_q - new_min_log_q)
-        return log_mass - _scaled_loss(loss_gap, temperature) - log_q_gap
+        loss_gap = jnp.where(best == new_best, 0.0, _half_gap(best, new_best))
+        log_q_gap = jnp.where(min_log_q == new_min_log_q, 0.0, _half_gap(min_log_q, new_min_log_q))
+        return half_log_mass - _scaled_loss(loss_gap, temperature) - log_q_gap
 
-    old = shifted(running.log_mass, running.best_loss, running.min_log_q)
-    new = shifted(log_mass, best, min_log_q)
-    total = jnp.logaddexp(old, new)
-    seen = total > -jnp.inf
-    safe_total = jnp.where(seen, total, 0.0)
-    keep = jnp.where(seen, jnp.exp(old - safe_total), 0.0)
-    add = jnp.where(seen, jnp.exp(new - safe_total), 0.0)
-    return RunningWeightedMean(
+    old = shifted(running.half_log_mass, running.best_loss, running.min_log_q)
+    new = shifted(half_log_mass, best, min_log_q)
+    top = jnp.maximum(old, new)
+    seen = top > -jnp.inf
+    safe_top = jnp.where(seen, top, 0.0)
+    keep = jnp.where(seen, jnp.exp(2.0 * (old - safe_top)), 0.0)
+    add = jnp.where(seen, jnp.exp(2.0 * (new - safe_top)), 0.0)
+    total = jnp.where(seen, keep + add, 1.0)  # >= 1 when seen: the larger term is exp(0)
+    return _RunningWeightedMean(
         best_loss=new_best,
         min_log_q=new_min_log_q,
-        log_mass=total,
-        mean=jax.tree.map(lambda m, c: keep * m + add * c, running.mean, chunk_mean),
+        half_log_mass=jnp.where(seen, safe_top + 0.5 * jnp.log(total), -jnp.inf),
+        mean=jax.tree.map(
+            lambda m, c: (keep / total) * m + (add / total) * c, running.mean, chunk_mean
+        ),
     )
 
 
@@ -941,7 +1013,8 @@ def auto_temperature(
     rise to one peak at most). Where nothing reaches the target, α is the smallest grid point
     whose ESS is within a relative 10⁻⁴ of the largest (on a plateau of the ESS, the most
     loss-driven). When fewer than two distinct finite losses exist, α does not change the
-    weights, and ``fallback`` is returned. Jit-compatible: no Python branch on traced values.
+    weights, and ``fallback`` is returned; finite losses however far apart (±3e38, whose spread
+    overflows float32) still choose α. Jit-compatible: no Python branch on traced values.
 
     Args:
       candidate_losses: :math:`l_i`, shape ``(n,)``.
@@ -957,18 +1030,21 @@ def auto_temperature(
     References:
       [2] Owen 2013, ch. 9 (effective sample size).
     """
-    excess_loss, excess_log_q, valid = _log_weight_terms(candidate_losses, log_proposals, weighting)
-    spread = jnp.max(jnp.where(valid, excess_loss, 0.0))
-    informative = (spread > 0) & jnp.isfinite(spread)
-    spread = jnp.where(informative, spread, 1.0)
+    half_loss, half_log_q, valid = _log_weight_terms(candidate_losses, log_proposals, weighting)
+    # Half the spread of the finite losses: finite however far apart they are (±3e38), where
+    # the spread itself can overflow.
+    half_spread = jnp.max(jnp.where(valid, half_loss, 0.0))
+    informative = half_spread > 0
+    half_spread = jnp.where(informative, half_spread, 1.0)
     # Search in log(α / spread), with the losses in units of their spread, so that neither tiny
     # nor huge losses underflow or overflow inside the search.
-    scaled_loss = jnp.where(valid, excess_loss / spread, 0.0)
+    scaled_loss = jnp.where(valid, _divide(half_loss, half_spread), 0.0)
     num_valid = jnp.sum(valid).astype(jnp.float32)
     target = jnp.asarray(target_ess, jnp.float32) * num_valid
 
     def ess_at(log_alpha: jax.Array) -> jax.Array:
-        weights = _normalized_weights(scaled_loss, excess_log_q, valid, jnp.exp(log_alpha))
+        # Half units, as `_normalized_weights` takes them.
+        weights = _normalized_weights(0.5 * scaled_loss, half_log_q, valid, jnp.exp(log_alpha))
         return effective_sample_size(weights)
 
     grid = jnp.linspace(-_AUTO_LOG_BRACKET, _AUTO_LOG_BRACKET, _AUTO_GRID_POINTS)
@@ -1001,5 +1077,7 @@ def auto_temperature(
     reachable = reached[0] | jnp.any(step_reaches)
     log_alpha = jnp.where(reachable, log_alpha, grid[jnp.argmax(near_best)])
     finfo = jnp.finfo(jnp.float32)
-    alpha = jnp.clip(spread * jnp.exp(log_alpha), finfo.tiny, finfo.max)
+    # An α past float32's largest (a spread above 3.4e38) is clipped to it: the weights are
+    # then a little more peaked than the target asks, still ranked by the losses.
+    alpha = jnp.clip(2.0 * (half_spread * jnp.exp(log_alpha)), finfo.tiny, finfo.max)
     return jnp.where(informative, alpha, jnp.asarray(fallback, jnp.float32))

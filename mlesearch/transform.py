@@ -611,12 +611,12 @@ def _step(
     def draw(index: jax.Array) -> tuple[Any, jax.Array]:
         # On a low-precision leaf the candidate really evaluated is round(θ + Δ): its effective
         # perturbation is the one returned, and the one in log q.
-        return sampling.sample_candidate_and_log_q(
+        return sampling._sample_candidate_and_log_q(
             step_key, index, guide, scales, num_zero_mean, share, settings.antithetic, params
         )
 
     def draw_pair(pair: jax.Array) -> tuple[Any, jax.Array]:
-        return sampling.sample_antithetic_pair_and_log_q(
+        return sampling._sample_antithetic_pair_and_log_q(
             step_key, pair, guide, scales, num_zero_mean, share, params
         )
 
@@ -652,11 +652,11 @@ def _step(
         # evaluated (an online softmax), so that each candidate is drawn once, not twice. (Over
         # a mesh, chunks are drawn again for the sum, as with an automatic α.)
         def running_mean(running: Any, losses: jax.Array, log_q: jax.Array, deltas: Any) -> Any:
-            return sampling.update_running_weighted_mean(
+            return sampling._update_running_weighted_mean(
                 running, losses, log_q if use_log_q else None, deltas, alpha, settings.weighting
             )
 
-        start = sampling.init_running_weighted_mean(guide)
+        start = sampling._init_running_weighted_mean(guide)
     losses, log_q, deltas, running = _evaluate_candidates(
         draw,
         loss_at,
@@ -706,6 +706,7 @@ def _step(
 def mgs(
     num_candidates: int = 4,
     sigma: float | jax.Array = 1.0,
+    *,
     temperature: float | jax.Array | str = 1.0,
     mix: float = 0.5,
     weighting: str = "importance",
@@ -720,117 +721,45 @@ def mgs(
 ) -> optax.GradientTransformationExtraArgs:
     r"""MLE-guided parameter search: turns a guide update into one that lowers a task loss.
 
-    The ideal update is the mean of :math:`p(\Delta\mid\theta) \propto
-    \exp(-[l(\theta+\Delta) - l(\theta)]/\alpha)` for the task loss :math:`l`, which need not be
-    differentiable. MGS estimates it by self-normalised importance sampling. It draws n candidates
-    from the mixture proposal
-
-    .. math::
-        q(\Delta) = \lambda\,\mathcal{N}(0, \sigma^2 I) + (1-\lambda)\,\mathcal{N}(u, \sigma^2 I),
-
-    where :math:`u` is the incoming update (the guide, e.g. from the MLE gradient), evaluates
-    :math:`l_i = l(\theta + \Delta_i)`, and returns :math:`\Delta^* = \sum_i w_i \Delta_i` with
-    :math:`w = \mathrm{softmax}(-l_i/\alpha - \log q(\Delta_i))` (``"importance"``) or
-    :math:`\mathrm{softmax}(-l_i/\alpha)` (``"tilted"``).
-
-    With ``chunk_size=n``, all n candidates are drawn once, evaluated with one vmap and kept for
-    the weighted sum, so temporary memory grows with n (on CPU in ``benchmarks/memory.py``,
-    about 4 parameter-sized float32 buffers per candidate, and 2 where large draws go one
-    candidate at a time: from d = 2¹⁸ and n · d = 2²¹, bit for bit the same candidates). Without
-    ``chunk_size`` that is also the step on accelerators, with ``temperature="auto"`` and with
-    ``mesh``; on CPU with a fixed α, a step whose n perturbations exceed 4 MiB goes in chunks of
-    the largest power of two that fits in 4 MiB, which keeps each chunk in cache and took 0.52 to
-    0.79 of the all-at-once step's time in ``benchmarks/speed.py`` (d = 10⁵ to 10⁶ and the LM).
-    The update is the same up to the order of floating-point sums.
-
-    With ``chunk_size=c``, candidates are drawn and evaluated c at a time, and each chunk is
-    folded into the weighted mean as soon as it is evaluated (an online softmax over the chunks),
-    so at most about c perturbed copies of the parameters are live at once, whatever n is, and
-    each candidate is still drawn once. With ``temperature="auto"`` (α needs every loss first) and
-    with ``mesh``, the chunks are instead drawn again from their keys for the weighted sum once
-    the weights are known: a second draw, which costs time (``benchmarks/chunked.py``). With
-    ``chunk_size="auto"`` the step is unchunked while the n perturbations, n · d · 4 bytes, fit
-    in ``memory_budget``, and chunked to fit it otherwise (`auto_chunk_size`).
-
-    Parameters in bfloat16 or float16 are perturbed in float32 and rounded: candidate i is
-    evaluated at :math:`\mathrm{round}(\theta + \Delta_i)`, and its effective perturbation
-    :math:`\mathrm{round}(\theta + \Delta_i) - \theta` is the one that enters log q and the
-    weighted sum, so the update is a weighted mean of the points that were scored.
-
-    Failures stay contained. A candidate whose task loss is NaN or inf gets weight 0. A guide
-    with a NaN or inf anywhere (a diverged surrogate gradient) gives its guided candidates weight
-    0; the zero-mean candidates still search, drawn with finite noise scales, and the update is
-    their weighted mean. If no candidate is usable the update is zero. Nothing non-finite reaches
-    the returned update, chunked or not.
-
-    With ``mesh``, the candidate axis is split over the devices of ``candidate_axis`` of the mesh
-    (each device evaluates n / D candidates), while params stay as they are (usually replicated).
-    The batch of the task loss may be sharded over another axis of the same mesh. The mesh is
-    used as given, with Auto or Explicit axes (``jax.make_mesh``'s default); with Explicit axes
-    and inputs placed on the mesh, sharded over it or replicated (as the global arrays of a
-    multi-process run, from ``jax.make_array_from_process_local_data``, are), the update takes
-    the sharding of the guide. Under Explicit axes a chunk of candidates that the devices do not
-    divide is evaluated whole on each of them. Under ``jax.jit`` the result equals the
-    single-device one, up to the order of floating-point sums.
-
-    Hyperparameters traced under ``optax.inject_hyperparams`` are not checked, and two values
-    that a check would reject have a meaning instead: a temperature that is not positive (α ≤ 0,
-    as a schedule annealed to 0 reaches by float rounding) is the α → 0 limit, all the weight on
-    the best finite candidates (a tie shared in proportion to 1/q for ``"importance"``, equally
-    for ``"tilted"``; see `mlesearch.candidate_weights`), and `MGSInfo` reports α = 0; a σ that is
-    not positive searches nothing, and the update is the guide (zeros if the guide is not
-    finite), while `MGSInfo` describes candidates drawn with zero noise.
+    The ideal update is the mean of :math:`p(\Delta\mid\theta) \propto \exp(-[l(\theta+\Delta) -
+    l(\theta)]/\alpha)` for a task loss :math:`l` that need not be differentiable. MGS estimates it
+    by self-normalised importance sampling: n candidates from the mixture :math:`q(\Delta) =
+    \lambda\,\mathcal{N}(0, \sigma^2 I) + (1-\lambda)\,\mathcal{N}(u, \sigma^2 I)` around the
+    incoming update :math:`u` (the guide), their losses :math:`l_i = l(\theta + \Delta_i)`, and
+    :math:`\Delta^* = \sum_i w_i \Delta_i` with :math:`w = \mathrm{softmax}(-l_i/\alpha - \log
+    q(\Delta_i))` (``"importance"``) or :math:`\mathrm{softmax}(-l_i/\alpha)` (``"tilted"``).
+    Candidates with a non-finite loss, and guided ones under a non-finite guide, get weight 0.
+    Memory, chunks, devices, low-precision leaves: ``docs/performance.md``.
 
     Args:
       num_candidates: n >= 1, candidates per step. Static.
-      sigma: σ > 0, finite, the noise scale. May be traced (``optax.inject_hyperparams``);
-        a traced σ ≤ 0 returns the guide (above).
-      temperature: α > 0, finite, or ``"auto"`` to choose α every step so that the ESS is
-        ``target_ess`` times the number of candidates with a finite loss (the smallest such α;
-        see `mlesearch.auto_temperature`). May be traced; a traced α ≤ 0 is the α → 0 limit
-        (above).
-      mix: λ in [0, 1], the share of zero-mean candidates: round(λ n) of them (stratified). λ = 1 is
-        pure random search, λ = 0 guided only. Static.
-      weighting: ``"importance"`` (targets p ∝ exp(-Δl/α)), ``"tilted"`` (targets q·exp(-Δl/α);
-        robust in high dimension, where the importance weights collapse) or ``"uniform"`` (equal
-        weights on the candidates with a finite loss: the control that shows what selection by
-        the task loss adds to the noise).
+      sigma: σ > 0, the noise scale. May be traced; a traced σ ≤ 0 returns the guide.
+      temperature: α > 0, or ``"auto"`` (each step the smallest α whose ESS is ``target_ess``
+        times the usable candidates). May be traced; a traced α ≤ 0 is the α → 0 limit.
+      mix: λ in [0, 1], the share of zero-mean candidates (`component_sizes`). Static.
+      weighting: ``"importance"``, ``"tilted"`` (robust in high dimension) or ``"uniform"``.
       noise: ``"absolute"`` (σ on every leaf) or ``"relative"`` (σ · mean|u| per leaf, as in [1]).
-      antithetic: draw candidates in antithetic pairs (m + σε, m - σε). Each component needs an
-        even count. A pair shares one noise draw, so a step draws n / 2 noise vectors, except
-        with ``mesh`` or an odd chunk size, where each candidate draws its own copy.
-      chunk_size: evaluate this many candidates at a time (bounds memory); n evaluates all n
-        with one vmap; None does too, except on CPU with a fixed α, where chunks are cache-sized
-        (above); ``"auto"`` picks one from ``memory_budget`` and the size of params (and on CPU
-        with a fixed α, at most the cache-sized one). Static.
+      antithetic: candidates in pairs m ± σε; each component needs an even count.
+      chunk_size: candidates evaluated at once (bounds memory); None or ``"auto"``: chosen.
       key: an int seed, a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
-      target_ess: with ``temperature="auto"``, the target ESS as a fraction of n, in (0, 1].
-      mesh: a ``jax.sharding.Mesh`` whose devices share the candidates, or None (no constraint:
-        XLA decides). Static.
-      candidate_axis: the mesh axis name (or names) that the candidates are split over; defaults
-        to the mesh's first axis. n (and the chunk size) need not be a multiple of its size, but
-        a multiple balances the work. Static.
-      memory_budget: with ``chunk_size="auto"``, the bytes of float32 perturbations that may be
-        live at once (default 1 GiB). Static.
+      target_ess: with ``temperature="auto"``, the target ESS as a fraction, in (0, 1].
+      mesh: a ``jax.sharding.Mesh`` whose devices share the candidates, or None. Static.
+      candidate_axis: the mesh axis (or axes) of the candidates; by default its first.
+      memory_budget: with ``chunk_size="auto"``, bytes of float32 perturbations at once.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``. Its ``update(updates, state, params,
-      task_loss_fn=f, **extra_args)`` needs ``params`` and a traceable ``task_loss_fn(params,
-      **kwargs) -> scalar``; extra arguments named in the signature of ``task_loss_fn`` are passed
-      to it, the others ignored. The returned update has the structure and dtypes of ``updates``.
-      ``params`` must have at least one leaf, and every leaf must be floating point (keep
-      integer leaves out with ``optax.partition`` or ``optax.masked``); else update raises a
-      ValueError.
+      An ``optax.GradientTransformationExtraArgs``; its ``update(updates, state, params,
+      task_loss_fn=f, **extra_args)`` needs ``params`` and ``f(params, **kwargs) -> scalar``,
+      and passes ``f`` the extra arguments it names. The update is shaped like ``updates``.
 
     Examples:
-      >>> import jax, jax.numpy as jnp, optax
+      >>> import jax.numpy as jnp, optax
       >>> import mlesearch as mls
       >>> params = jnp.array([1.0, -2.0])
       >>> task_loss = lambda p: jnp.sum(jnp.abs(p) > 0.5).astype(jnp.float32)
       >>> tx = optax.chain(optax.sgd(0.5), mls.mgs(num_candidates=8, sigma=0.3, key=0))
-      >>> state = tx.init(params)
       >>> grads = 2 * params  # the gradient of a differentiable surrogate, sum(p**2)
-      >>> updates, state = tx.update(grads, state, params, task_loss_fn=task_loss)
+      >>> updates, state = tx.update(grads, tx.init(params), params, task_loss_fn=task_loss)
       >>> print(updates.shape, updates.dtype)
       (2,) float32
 

@@ -133,3 +133,34 @@ def test_documented_short_names_load_the_moved_modules():
     assert {"metrics", "models", "decoding", "baselines", "host_task_loss"} <= set(dir(mlesearch))
     with pytest.raises(AttributeError, match="no attribute 'train'"):
         mlesearch.train  # noqa: B018 - the experiments are not part of the library's namespace.
+
+
+def test_the_namespace_is_the_api_with_the_toolkit_loaded_lazily(run_python):
+    import inspect
+
+    import mlesearch
+    from mlesearch import recipes, sampling, transform
+
+    lazy = {"metrics", "models", "decoding", "baselines", "host_task_loss"}
+    assert not lazy & set(mlesearch.__all__)  # `from mlesearch import *` needs no flax
+    assert lazy <= set(dir(mlesearch))
+    assert not {"importlib", "Any"} & set(dir(mlesearch))
+    for name in mlesearch.__all__:
+        assert getattr(mlesearch, name).__doc__, name
+    # Every public function and class of the core modules is exported; the others are private.
+    for module in (sampling, transform, recipes):
+        defined = [
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and (inspect.isfunction(value) or inspect.isclass(value))
+            and value.__module__ == module.__name__
+        ]
+        assert set(defined) <= set(mlesearch.__all__), (module.__name__, defined)
+    code = (
+        "import sys\n"
+        "from mlesearch import *\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('mlesearch.seq', "
+        "'mlesearch.baselines', 'flax'))))\n"
+    )
+    assert run_python(["-c", code], timeout=300).splitlines()[-1] == "[]"

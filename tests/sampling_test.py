@@ -1,5 +1,8 @@
 """Tests for the pure maths in `mlesearch.sampling`."""
 
+import fractions
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -27,6 +30,24 @@ def _flat(tree):
 )
 def test_component_sizes_round_mix_times_n(num_candidates, mix, expected):
     assert mls.component_sizes(num_candidates, mix) == expected
+
+
+def test_component_sizes_round_halves_towards_the_guided_component():
+    # k0 = ⌈λn - ½⌉: λn to the nearest integer, a half rounded down, so that a tie gives the odd
+    # candidate to the guided component (not Python's round, which goes to the even number).
+    halves = {n: mls.component_sizes(n, 0.5) for n in range(1, 10)}
+    assert halves == {n: (n // 2, n - n // 2) for n in range(1, 10)}
+    assert mls.component_sizes(2, 0.25) == (0, 2)  # λn = 0.5
+    assert mls.component_sizes(6, 0.25) == (1, 5)  # 1.5
+    assert mls.component_sizes(10, 0.25) == (2, 8)  # 2.5
+    assert mls.component_sizes(6, 0.75) == (4, 2)  # 4.5
+    assert mls.component_sizes(15, 0.1) == (1, 14)  # 1.5, though 0.1 * 15 is 1.5000000000000002
+    # Everywhere else the nearest integer, checked in exact arithmetic.
+    for n in range(1, 41):
+        for percent in range(101):
+            exact = fractions.Fraction(percent, 100) * n
+            k0 = math.ceil(exact - fractions.Fraction(1, 2))
+            assert mls.component_sizes(n, percent / 100) == (k0, n - k0), (n, percent)
 
 
 @pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
@@ -159,6 +180,57 @@ def test_all_non_finite_gives_zero_weights_and_zero_ess():
     assert float(mls.effective_sample_size(weights)) == 0.0
 
 
+@pytest.mark.parametrize(
+    ("losses", "log_q", "temperature"),
+    [
+        # Gaps that overflow float32 (6e38), with an α that keeps them a few nats apart.
+        ([-3e38, 3e38, 1e38, -2e38], [0.0, 0.0, 0.0, 0.0], 1e38),
+        ([-3e38, 3e38, 2e38, 0.0], [0.0, 0.0, 0.0, 0.0], 2e38),
+        # The best loss has the largest log q, 6e38 above the smallest, and every other
+        # candidate's loss term is astronomically worse: its logit still wins.
+        ([0.0, 1e38, 3e38], [3e38, -3e38, 0.0], 1e-3),
+        ([0.0, 1e38], [3e38, -3e38], 1e-30),
+    ],
+)
+@pytest.mark.parametrize("weighting", ["importance", "tilted"])
+def test_finite_losses_whose_gaps_overflow_keep_their_ranking(
+    losses, log_q, temperature, weighting
+):
+    # The weights are the float64 softmax's: never NaN, never all 0 while a loss is finite, and
+    # the best finite candidates win.
+    losses64 = np.asarray(losses, np.float64)
+    logits = -losses64 / temperature
+    if weighting == "importance":
+        logits = logits - np.asarray(log_q, np.float64)
+    expected = special.softmax(logits)
+    log_q = jnp.asarray(log_q, jnp.float32) if weighting == "importance" else None
+    weigh = jax.jit(mls.candidate_weights, static_argnums=3)
+    weights = weigh(jnp.asarray(losses, jnp.float32), log_q, temperature, weighting)
+    np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+    # Folded in chunk by chunk, the same.
+    deltas = {"w": jax.random.normal(jax.random.key(0), (len(losses), 3))}
+    for chunks in ([[0], list(range(1, len(losses)))], [list(range(len(losses) - 1, -1, -1))]):
+        running = _fold_in_chunks(
+            jnp.asarray(losses, jnp.float32), log_q, deltas, temperature, weighting, chunks
+        )
+        np.testing.assert_allclose(
+            running.mean["w"], expected @ np.asarray(deltas["w"]), rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("weighting", ["importance", "tilted"])
+def test_auto_temperature_chooses_alpha_when_the_spread_of_the_losses_overflows(weighting):
+    # The losses span 6e38, beyond float32: they still rank the candidates, so α is chosen for
+    # the target, not the fallback.
+    losses = jnp.linspace(-3e38, 3e38, 8)
+    log_q = jnp.zeros(8)
+    alpha = mls.auto_temperature(losses, log_q, 0.5, weighting, fallback=1.0)
+    weights = mls.candidate_weights(losses, log_q, alpha, weighting)
+    np.testing.assert_allclose(mls.effective_sample_size(weights), 4.0, rtol=1e-3)
+    assert np.all(np.diff(np.asarray(weights)) < 0)  # ranked by the losses
+
+
 def test_huge_losses_do_not_overflow():
     losses = jnp.array([1e30, -1e30, 3e38, -3e38])
     weights = mls.candidate_weights(losses, jnp.array([0.0, 1e30, -1e30, 5.0]), 1e-3)
@@ -228,12 +300,19 @@ def test_auto_temperature_with_equal_losses_returns_finite_fallback():
     np.testing.assert_allclose(alpha, 1.0)
 
 
-def test_auto_temperature_unreachable_target_stays_finite():
-    # Importance weights whose -log q term alone holds the ESS near 1.
+def test_auto_temperature_short_of_an_unreachable_target_stays_loss_driven():
+    # Importance weights whose -log q term holds the ESS near 1: candidate 1 (loss 1, a tiny q)
+    # takes all the weight for α above 1/500, candidate 0 (the best loss) below it, and the
+    # ESS never comes near the target 0.9 · 8. α is then the most loss-driven choice: all the
+    # weight on the best loss, not on the candidate that q favours.
     losses = jnp.arange(8.0)
     log_q = jnp.array([0.0, -500.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-    alpha = mls.auto_temperature(losses, log_q, 0.9, "importance")
-    assert np.isfinite(alpha) and alpha > 0
+    alpha = float(mls.auto_temperature(losses, log_q, 0.9, "importance"))
+    ess = lambda a: mls.effective_sample_size(mls.candidate_weights(losses, log_q, a, "importance"))
+    assert max(float(ess(a)) for a in np.geomspace(1e-6, 1e6, 241)) < 0.9 * 8
+    assert 0 < alpha < 1 / 500
+    weights = mls.candidate_weights(losses, log_q, alpha, "importance")
+    np.testing.assert_allclose(weights, np.eye(8)[0], atol=1e-6)
 
 
 def test_unknown_weighting_is_rejected():
@@ -373,16 +452,19 @@ def test_log_q_from_the_drawing_pass_matches_the_density_of_the_candidate(share,
         "zero": jnp.zeros((5,)),
     }
     scales = mls.proposal_scales(guide, 0.8, "relative")
-    sample = jax.jit(mls.sampling.sample_candidate_and_log_q, static_argnums=(4, 6))
+    sample = jax.jit(mls.sampling._sample_candidate_and_log_q, static_argnums=(4, 6))
     for index in range(4):
         delta, log_q = sample(key, index, guide, scales, 2, share, antithetic, params)
         drawn = mls.sample_candidate(key, index, guide, scales, 2, antithetic)
-        expected_delta = jax.tree.map(mls.sampling.effective_perturbation, params, drawn)
+        expected_delta = jax.tree.map(mls.sampling._effective_perturbation, params, drawn)
         chex.assert_trees_all_close(delta, expected_delta, atol=1e-6, rtol=1e-6)
         assert expected_delta["b"].dtype == jnp.float32
         assert not np.array_equal(expected_delta["b"], drawn["b"])  # really rounded
-        expected = mls.log_proposal_density(expected_delta, guide, scales, share)
-        np.testing.assert_allclose(log_q, expected, rtol=1e-5)
+        # The drawing pass leaves out the normalising constants, shared by every candidate.
+        expected = mls.log_proposal_density(
+            expected_delta, guide, scales, share, include_normalizer=False
+        )
+        np.testing.assert_allclose(log_q, expected, rtol=1e-5, atol=1e-5)
         assert np.isfinite(log_q)
 
 
@@ -392,8 +474,8 @@ def test_an_antithetic_pair_drawn_together_equals_its_two_candidates(num_zero_me
     guide = {"a": jnp.linspace(-2.0, 2.0, 50), "b": jnp.full((4, 3), 0.3)}
     params = {"a": jnp.linspace(1.0, 3.0, 50), "b": jnp.ones((4, 3), jnp.bfloat16)}
     scales = mls.proposal_scales(guide, 0.5, "relative")
-    pair = jax.jit(mls.sampling.sample_antithetic_pair_and_log_q, static_argnums=(4,))
-    one = jax.jit(mls.sampling.sample_candidate_and_log_q, static_argnums=(4, 6))
+    pair = jax.jit(mls.sampling._sample_antithetic_pair_and_log_q, static_argnums=(4,))
+    one = jax.jit(mls.sampling._sample_candidate_and_log_q, static_argnums=(4, 6))
     for j in range(2):
         deltas, log_q = pair(key, j, guide, scales, num_zero_mean, 0.5, params)
         assert log_q.shape == (2,)
@@ -406,24 +488,45 @@ def test_an_antithetic_pair_drawn_together_equals_its_two_candidates(num_zero_me
         np.testing.assert_allclose(deltas["a"][0] + deltas["a"][1], 2 * mean, rtol=1e-5, atol=1e-6)
 
 
-def test_log_q_from_the_drawing_pass_keeps_the_component_difference_in_high_dimension():
-    # At d = 10⁶ the shared ‖ε‖² (about 10⁶) leaves the log-sum-exp, so the gap between the two
-    # components' log densities, which sets the importance weights, is not lost to rounding.
-    dim = 1_000_000
+def test_log_q_differences_between_candidates_are_exact_at_four_million_parameters():
+    # At d = 2²² the normalising constant (about -1.4 · d for σ = 1/2) and ‖ε‖² (about d) are
+    # of order 10⁶ to 10⁷, where float32's spacing is 0.25 to 1: added in, they rounded the
+    # differences of log q between candidates, which set the importance weights, by up to
+    # tenths of nats. Left out (they are shared), the differences keep about 10⁻⁴ nats. The
+    # guide is small enough that both components count in the mixture.
+    dim = 2**22
+    sigma, share = 0.5, 0.5
     key = jax.random.key(0)
-    guide = {"w": jnp.full((dim,), 1e-3)}
-    scales = mls.proposal_scales(guide, 1.0)
-    _, log_q = mls.sampling.sample_candidate_and_log_q(key, 1, guide, scales, 1, 0.5)
-    eps = jax.random.normal(jax.random.fold_in(key, 1), (dim,), jnp.float32).astype(np.float64)
-    u = np.full((dim,), 1e-3)
-    # Guided candidate Δ = u + ε: ‖Δ‖² - ‖Δ - u‖² = ‖u‖² + 2 ε·u, computed in float64.
-    gap = np.sum(u**2) + 2 * np.dot(np.asarray(eps), u)
-    expected = (
-        -0.5 * dim * np.log(2 * np.pi)
-        - 0.5 * np.sum(np.asarray(eps) ** 2)
-        + np.logaddexp(np.log(0.5) - 0.5 * gap, np.log(0.5))
+    guide = {"w": jnp.full((dim,), 2e-4, jnp.float32)}
+    scales = mls.proposal_scales(guide, sigma)
+    draw = jax.jit(
+        lambda i: mls.sampling._sample_candidate_and_log_q(key, i, guide, scales, 2, share)
     )
-    np.testing.assert_allclose(float(log_q), expected, rtol=1e-6)
+    density = jax.jit(
+        lambda delta: mls.log_proposal_density(
+            delta, guide, scales, share, include_normalizer=False
+        )
+    )
+    u = np.asarray(guide["w"], np.float64)
+
+    def exact_log_q(x):  # float64, at the float32 candidate
+        def log_normal(mean):
+            z = (x - mean) / sigma
+            return -0.5 * np.dot(z, z) - dim * np.log(sigma) - 0.5 * dim * np.log(2 * np.pi)
+
+        return np.logaddexp(np.log(share) + log_normal(0.0), np.log1p(-share) + log_normal(u))
+
+    drawn, public, exact = [], [], []
+    for index in range(4):  # two zero-mean candidates, then two guided ones
+        delta, log_q = draw(index)
+        drawn.append(float(log_q))
+        public.append(float(density(delta)))
+        exact.append(exact_log_q(np.asarray(delta["w"], np.float64)))
+        del delta
+    exact = np.asarray(exact)
+    assert np.ptp(exact) > 100  # the candidates' densities really differ
+    for got in (np.asarray(drawn), np.asarray(public)):
+        np.testing.assert_allclose(got - got[0], exact - exact[0], rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("shapes", [[(3, 5), (2,)], [(4, 5), (2,)], [(7,)]])
@@ -543,10 +646,10 @@ def test_draws_are_not_written_out_off_cpu(monkeypatch):
 
 
 def _fold_in_chunks(losses, log_q, deltas, temperature, weighting, chunks):
-    running = mls.sampling.init_running_weighted_mean(jax.tree.map(lambda d: d[0], deltas))
+    running = mls.sampling._init_running_weighted_mean(jax.tree.map(lambda d: d[0], deltas))
     for chunk in chunks:
         chunk = np.asarray(chunk)
-        running = mls.sampling.update_running_weighted_mean(
+        running = mls.sampling._update_running_weighted_mean(
             running,
             losses[chunk],
             None if log_q is None else log_q[chunk],
@@ -570,13 +673,15 @@ def _fold_in_chunks(losses, log_q, deltas, temperature, weighting, chunks):
         ),
         # Losses far apart: a later chunk outweighs the earlier ones entirely.
         ([1e30, 5e29, -1e30, 3e38, 2.0, -3e38, 0.0], [0.0, 1e30, -1e30, 5.0, 0.0, 1.0, 2.0], 1e-3),
-        # α = inf weighs every finite loss alike (gaps that overflow float32, as 3e38 - (-3e38)
-        # would, depend on the shift they are taken from, so these stay within range).
+        # α = inf weighs every finite loss alike, gaps that overflow float32 (3e38 - (-3e38))
+        # included.
         (
-            [1e30, 5e29, -1e30, 2e38, 2.0, -1e38, 0.0],
+            [1e30, 5e29, -1e30, 3e38, 2.0, -3e38, 0.0],
             [0.0, 1e30, -1e30, 5.0, 0.0, 1.0, 2.0],
             jnp.inf,
         ),
+        # Gaps that overflow float32 with an α that keeps them apart by a few nats only.
+        ([-3e38, 3e38, 1e38, 2e38, -2e38, 0.0, -3e38], [0.0] * 7, 2e38),
     ],
 )
 @pytest.mark.parametrize("chunks", [[[0, 1], [2, 3, 4], [5, 6]], [[6], [5, 4], [3, 2, 1, 0]]])
@@ -602,4 +707,4 @@ def test_running_weighted_mean_of_nothing_usable_is_zero():
     deltas = {"w": jnp.ones((4, 3))}
     running = _fold_in_chunks(losses, jnp.zeros(4), deltas, 1.0, "importance", [[0, 1], [2, 3]])
     chex.assert_trees_all_equal(running.mean, {"w": jnp.zeros(3)})
-    assert float(running.log_mass) == -np.inf
+    assert float(running.half_log_mass) == -np.inf

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import inspect
 import logging
 import re
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 from absl.testing import parameterized
+from scipy import special
 
 import mlesearch as mls
 
@@ -470,27 +472,6 @@ def test_written_out_threefry_leaves_the_step_unchanged(monkeypatch, kwargs):
     chex.assert_trees_all_close(run(True), run(False), rtol=1e-5, atol=1e-6)
 
 
-def _loop_body_instructions(hlo: str) -> list[list[tuple[str, str]]]:
-    """(opcode, instruction) pairs of each while-loop body of compiled HLO text, with those of
-    the fusions and calls it makes."""
-    computations = {}
-    for block in hlo.split("\n\n"):
-        match = re.match(r"(?:ENTRY )?(%?[\w.\-]+) ", block.strip())
-        if match:
-            computations[match.group(1)] = block
-
-    def instructions(name, seen):
-        block = computations.get(name, "")
-        found = [(m.group(1), m.group(0)) for m in re.finditer(r"=\s*\S+\s+([a-z\-]+)\(.*", block)]
-        for called in re.findall(r"(?:calls|to_apply)=(%?[\w.\-]+)", block):
-            if called not in seen:
-                seen.add(called)
-                found += instructions(called, seen)
-        return found
-
-    return [instructions(body, set()) for body in set(re.findall(r"body=(%?[\w.\-]+)", hlo))]
-
-
 @pytest.mark.parametrize(
     ("antithetic", "chunk_size"), [(False, None), (False, 3), (False, 4), (True, 3)]
 )
@@ -519,60 +500,95 @@ def test_candidates_drawn_one_by_one_give_the_same_step(monkeypatch, antithetic,
     chex.assert_trees_all_close(one_by_one_state.info, state.info, atol=1e-7)
 
 
+def _equations(jaxpr, inside_loop=False):
+    """(equation, inside a loop body) for every equation of a jaxpr and of its sub-jaxprs."""
+    for eqn in jaxpr.eqns:
+        yield eqn, inside_loop
+        loop = inside_loop or eqn.primitive.name in ("scan", "while")
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    yield from _equations(sub.jaxpr, loop)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from _equations(sub, loop)
+
+
 @pytest.mark.parametrize("one_by_one", [False, True])
 def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop(monkeypatch, one_by_one):
     # A reduce over a broadcast [chunk, d] product runs single-threaded on XLA:CPU; a dot does not.
+    # Read from the step's jaxpr (what mgs asks of XLA), not from XLA's text.
     if one_by_one:
         monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_SIZE", 0)
         monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_ENTRIES", 0)
     params = {"w": jnp.ones((1000,))}
     guide = {"w": jnp.full((1000,), 0.01)}
     tx = mls.mgs(num_candidates=16, sigma=0.01, weighting="tilted", chunk_size=8, key=0)
-    step = jax.jit(lambda u, s, p: tx.update(u, s, p, task_loss_fn=lambda q: jnp.sum(q["w"])))
-    hlo = step.lower(guide, tx.init(params), params).compile().as_text()
-    bodies = _loop_body_instructions(hlo)
-    summing = [body for body in bodies if any(op == "dot" for op, _ in body)]
-    assert summing, bodies
-    # Reduces over the chunk's (8,) losses (its softmax) are fine; none may read d = 1000 entries.
-    large_reduces = [
-        text for body in summing for op, text in body if op == "reduce" and "1000" in text
+    step = lambda u, s: tx.update(u, s, params, task_loss_fn=lambda q: jnp.sum(q["w"]))
+    jaxpr = jax.make_jaxpr(step)(guide, tx.init(params)).jaxpr
+    in_loops = [eqn for eqn, inside_loop in _equations(jaxpr) if inside_loop]
+    chunk_of_deltas = (8, 1000)
+
+    def reads_chunk(eqn):
+        return any(getattr(v.aval, "shape", None) == chunk_of_deltas for v in eqn.invars)
+
+    dots = [eqn for eqn in in_loops if eqn.primitive.name == "dot_general" and reads_chunk(eqn)]
+    assert dots, "the chunk's weighted sum is not a dot inside the loop"
+    # Sums over each candidate's d entries (its log q) are fine; none may run over the chunk.
+    over_candidates = [
+        eqn
+        for eqn in in_loops
+        if eqn.primitive.name == "reduce_sum" and reads_chunk(eqn) and 0 in eqn.params["axes"]
     ]
-    assert not large_reduces, large_reduces
+    assert not over_candidates, over_candidates
 
 
-def test_each_candidate_is_drawn_once_unless_alpha_needs_every_loss(monkeypatch):
-    # Without chunk_size the candidates are drawn once and kept for the weighted sum. With a
-    # chunk size and a fixed α, each chunk is folded into the weighted mean as soon as it is
-    # evaluated: still one draw. Only when α is chosen from all the losses (temperature="auto")
-    # are the candidates drawn again from their keys for the sum (a second pass).
+@pytest.mark.parametrize(
+    ("chunk_size", "temperature", "antithetic", "draws_per_candidate"),
+    [
+        (None, 1.0, False, 1),
+        (8, 1.0, False, 1),  # a chunk as large as n is the same single pass
+        (2, 1.0, False, 1),  # each chunk folded into the weighted mean as it is evaluated
+        (3, 1.0, False, 1),  # the same, with a remainder chunk
+        (None, "auto", False, 1),
+        (2, "auto", False, 2),  # α needs every loss: the drawing pass, then the summing pass
+        (None, 1.0, True, 1),  # antithetic pairs: one noise draw per pair
+        (4, 1.0, True, 1),
+    ],
+)
+def test_each_candidate_is_drawn_once_unless_alpha_needs_every_loss(
+    monkeypatch, chunk_size, temperature, antithetic, draws_per_candidate
+):
+    # Counted as the compiled step runs: a host callback beside each noise draw records the
+    # index it draws for. Without chunk_size the candidates are drawn once and kept for the
+    # weighted sum; with a chunk size and a fixed α each chunk is folded into the weighted mean
+    # as soon as it is evaluated. Only when α is chosen from all the losses are the candidates
+    # drawn again from their keys for the sum.
     params, x, y, mle_loss, error_rate = _mlp_problem()
     guide = jax.grad(mle_loss)(params, x, y)
     draws = []
-    original = mls.sampling.sample_candidate_and_log_q
+    original = mls.sampling._candidate_noise
 
-    def counted(*args, **kwargs):
-        draws.append(1)
-        return original(*args, **kwargs)
+    def counted(key, index, tree, antithetic):
+        jax.debug.callback(lambda i: draws.append(int(i)), index)
+        return original(key, index, tree, antithetic)
 
     def second_pass(*args, **kwargs):
         raise AssertionError("log q must come from the drawing pass, not from the candidates.")
 
-    monkeypatch.setattr(mls.sampling, "sample_candidate_and_log_q", counted)
+    monkeypatch.setattr(mls.sampling, "_candidate_noise", counted)
     monkeypatch.setattr(mls.sampling, "log_proposal_density", second_pass)
-
-    def traced_draws(chunk_size, temperature=1.0):
-        draws.clear()
-        tx = mls.mgs(num_candidates=8, sigma=0.3, chunk_size=chunk_size, temperature=temperature)
-        step = lambda u, s, p: tx.update(u, s, p, task_loss_fn=error_rate, x=x, y=y)
-        jax.jit(step).lower(guide, tx.init(params), params)
-        return len(draws)
-
-    assert traced_draws(None) == 1
-    assert traced_draws(8) == 1  # a chunk as large as n is the same single pass
-    assert traced_draws(2) == 1  # one loop body, drawing each chunk once
-    assert traced_draws(3) == 2  # the loop body and the remainder's chunk
-    assert traced_draws(None, "auto") == 1
-    assert traced_draws(2, "auto") == 2  # the drawing pass, then the summing pass
+    tx = mls.mgs(
+        num_candidates=8,
+        sigma=0.3,
+        chunk_size=chunk_size,
+        temperature=temperature,
+        antithetic=antithetic,
+    )
+    jax.block_until_ready(_step(tx, guide, params, error_rate, x=x, y=y))
+    jax.effects_barrier()
+    # An antithetic pair draws its noise under the index of its first candidate.
+    drawn = range(0, 8, 2) if antithetic else range(8)
+    assert sorted(draws) == sorted(list(drawn) * draws_per_candidate)
 
 
 def test_info_is_consistent():
@@ -598,14 +614,28 @@ def test_auto_temperature_reaches_target_ess_inside_mgs():
     )
     _, state = _step(tx, jnp.array([0.3, 0.1]), THETA, quadratic)
     np.testing.assert_allclose(state.info.ess, 8.0, rtol=1e-3)
-    assert state.info.temperature > 0
+    # The α reported is the one the weights used, and the one chosen from these losses.
+    losses, alpha = state.info.candidate_losses, state.info.temperature
+    np.testing.assert_allclose(
+        state.info.weights, mls.candidate_weights(losses, None, alpha, "tilted"), rtol=1e-5
+    )
+    np.testing.assert_allclose(alpha, mls.auto_temperature(losses, None, 0.25, "tilted"), rtol=1e-5)
 
 
-def test_auto_temperature_with_constant_loss_is_finite():
-    tx = mls.mgs(num_candidates=8, temperature="auto", key=0)
-    updates, state = _step(tx, jnp.array([0.3, 0.1]), THETA, lambda p: jnp.float32(2.0))
-    assert np.isfinite(state.info.temperature) and state.info.temperature > 0
+def test_auto_temperature_with_constant_loss_keeps_the_previous_alpha():
+    # A constant loss says nothing about α: the first step falls back to 1, later steps keep the
+    # α of the step before, and tilted weights are uniform whatever α is.
+    tx = mls.mgs(num_candidates=8, temperature="auto", weighting="tilted", key=0)
+    guide = jnp.array([0.3, 0.1])
+    constant = lambda p: jnp.float32(2.0)
+    updates, state = _step(tx, guide, THETA, constant)
+    assert float(state.info.temperature) == 1.0
+    np.testing.assert_allclose(state.info.weights, np.full(8, 1 / 8), rtol=1e-6)
+    np.testing.assert_allclose(state.info.ess, 8.0, rtol=1e-6)
     chex.assert_tree_all_finite(updates)
+    earlier = state._replace(info=state.info._replace(temperature=jnp.float32(0.37)))
+    _, state = _step(tx, guide, THETA, constant, state=earlier)
+    np.testing.assert_allclose(state.info.temperature, 0.37)
 
 
 def test_all_losses_non_finite_gives_zero_update_and_zero_ess():
@@ -614,6 +644,41 @@ def test_all_losses_non_finite_gives_zero_update_and_zero_ess():
     chex.assert_trees_all_equal(updates, jnp.zeros(2))
     assert float(state.info.ess) == 0.0
     chex.assert_trees_all_equal(state.info.weights, jnp.zeros(4))
+
+
+@pytest.mark.parametrize("temperature", [1e38, "auto"])
+def test_losses_whose_gaps_overflow_still_rank_the_candidates(temperature):
+    # Task losses from -3e38 to 3e38: their gaps overflow float32, yet they rank the candidates.
+    # The weights are the float64 softmax's (with a fixed α) or reach the target ESS (with
+    # "auto", where the overflowing spread used to make α fall back), chunked or not.
+    def huge(theta):
+        return 3e38 * jnp.tanh(3.0 * (theta[0] - THETA[0]) + theta[1] - THETA[1])
+
+    results = []
+    for chunk_size in (None, 3):
+        tx = mls.mgs(
+            num_candidates=8,
+            sigma=0.5,
+            temperature=temperature,
+            weighting="tilted",
+            chunk_size=chunk_size,
+            key=2,
+        )
+        results.append(_step(tx, jnp.array([0.3, 0.1]), THETA, huge))
+    (updates, state), (chunked_updates, chunked_state) = results
+    info = state.info
+    losses = np.asarray(info.candidate_losses, np.float64)
+    assert np.ptp(losses) > np.finfo(np.float32).max  # the gaps really overflow
+    if temperature == "auto":
+        np.testing.assert_allclose(info.ess, 4.0, rtol=1e-3)
+        alpha = float(info.temperature)
+    else:
+        alpha = temperature
+    expected = special.softmax(-losses / alpha)
+    np.testing.assert_allclose(info.weights, expected, rtol=1e-4, atol=1e-7)
+    assert int(jnp.argmax(info.weights)) == int(np.argmin(losses))
+    chex.assert_trees_all_close(chunked_updates, updates, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked_state.info.weights, info.weights, rtol=1e-5, atol=1e-7)
 
 
 def test_relative_noise_with_a_zero_guide_leaf_stays_finite():
@@ -781,10 +846,10 @@ def test_antithetic_candidates_are_mirrored():
 
 
 def test_extra_args_reach_the_task_loss_by_signature():
-    seen = {}
+    seen = []
 
     def task_loss(params, batch, *, scale=1.0):
-        seen["keys"] = True
+        seen.append((jnp.shape(batch), scale))
         return scale * jnp.sum((params - batch) ** 2)
 
     tx = optax.chain(optax.sgd(0.1), mls.mgs(num_candidates=4, temperature=1e-7))
@@ -798,6 +863,10 @@ def test_extra_args_reach_the_task_loss_by_signature():
     losses = optax.tree.get(state, "candidate_losses")
     best = losses.min()
     np.testing.assert_allclose(2.0 * jnp.sum((params + updates - 1.0) ** 2), best, rtol=1e-5)
+    # Every call got the batch and the scale passed to update, never the default; `unused`,
+    # which the signature does not name, would have raised a TypeError.
+    assert seen
+    assert all(shape == (2,) and scale == 2.0 for shape, scale in seen), seen
 
 
 def test_task_loss_with_var_kwargs_gets_every_extra_arg():
@@ -994,28 +1063,29 @@ class _count_compilations(contextlib.ContextDecorator):
         self.logger.setLevel(self.previous_level)
 
 
+def _temp_copies(dim, num_candidates, **kwargs):
+    """XLA's temporary memory for one step, in float32 copies of d parameters."""
+    tx = mls.mgs(num_candidates=num_candidates, **kwargs)
+    params = jnp.zeros((dim,))
+    step = jax.jit(lambda u, s, p: tx.update(u, s, p, task_loss_fn=lambda q: jnp.sum(q**2)))
+    compiled = step.lower(params, tx.init(params), params).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / (4 * dim)
+
+
 def test_chunk_size_bounds_temporary_memory():
+    # About c candidates are live at once (a few copies each), whatever n is, while the
+    # unchunked step keeps all n. Bounds within a factor, not XLA's exact byte counts.
     dim = 100_000
-
-    def temp_bytes(num_candidates, chunk_size):
-        tx = mls.mgs(num_candidates=num_candidates, chunk_size=chunk_size)
-        params = jnp.zeros((dim,))
-        state = tx.init(params)
-        step = jax.jit(lambda u, s, p: tx.update(u, s, p, task_loss_fn=lambda q: jnp.sum(q**2)))
-        return step.lower(params, state, params).compile().memory_analysis().temp_size_in_bytes
-
-    copy = 4 * dim  # bytes of one float32 copy of the parameters
-    by_chunk = {c: temp_bytes(64, c) for c in (1, 8, 64)}
-    # Memory grows with the chunk: about c candidates are live (a few copies each), while the
-    # unchunked step keeps all 64 perturbations (4 copies each with one vmap, at this size).
-    assert by_chunk[1] < by_chunk[8] < by_chunk[64]
-    assert by_chunk[1] <= 10 * copy
-    assert by_chunk[8] <= 8 * 6 * copy
-    assert by_chunk[64] >= 64 * 3 * copy
-    # Without chunk_size, n · d · 4 bytes above 4 MiB on CPU go in cache-sized chunks (here 8).
-    assert temp_bytes(64, None) == by_chunk[8]
-    # It does not grow with n at a fixed chunk size: only the (n,) scalars are added.
-    assert temp_bytes(256, 8) <= by_chunk[8] + 64 * 256
+    copies = {c: _temp_copies(dim, 64, chunk_size=c) for c in (1, 8, 64)}
+    for chunk in (1, 8):
+        assert copies[chunk] <= 4 * (chunk + 1), copies
+    assert copies[64] >= 2 * 64, copies  # the measure sees the candidates
+    assert copies[1] < copies[8] < copies[64]
+    # It does not grow with n at a fixed chunk size.
+    assert _temp_copies(dim, 256, chunk_size=8) <= 4 * (8 + 1)
+    if jax.default_backend() == "cpu":
+        # Without chunk_size, n · d · 4 bytes above 4 MiB go in cache-sized chunks (here 8).
+        assert _temp_copies(dim, 64, chunk_size=None) <= 4 * (8 + 1)
 
 
 @pytest.mark.parametrize(("budget_candidates", "expected_chunk"), [(12, None), (8, None), (3, 3)])
@@ -1040,20 +1110,24 @@ def test_auto_chunk_size_fits_the_memory_budget(budget_candidates, expected_chun
 
 
 def test_auto_chunk_size_bounds_temporary_memory_like_an_explicit_chunk():
+    # A budget of 4 candidates' perturbations: memory within a factor of 4 copies, far below the
+    # unchunked step's.
     dim = 100_000
-    params = jnp.zeros((dim,))
-
-    def temp_bytes(**kwargs):
-        tx = mls.mgs(num_candidates=64, **kwargs)
-        step = jax.jit(lambda u, s, p: tx.update(u, s, p, task_loss_fn=lambda q: jnp.sum(q**2)))
-        return step.lower(params, tx.init(params), params).compile().memory_analysis()
-
-    auto = temp_bytes(chunk_size="auto", memory_budget=4 * 4 * dim).temp_size_in_bytes
-    assert auto == temp_bytes(chunk_size=4).temp_size_in_bytes
-    assert auto < temp_bytes(chunk_size=64).temp_size_in_bytes / 4
+    auto = _temp_copies(dim, 64, chunk_size="auto", memory_budget=4 * 4 * dim)
+    assert auto <= 4 * (4 + 1)
+    assert auto < _temp_copies(dim, 64, chunk_size=64) / 4
 
 
 # Bad input.
+
+
+def test_options_after_sigma_are_keyword_only():
+    parameters = inspect.signature(mls.mgs).parameters.values()
+    positional = [p.name for p in parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert positional == ["num_candidates", "sigma"]
+    mls.mgs(8, 0.1)
+    with pytest.raises(TypeError):
+        mls.mgs(8, 0.1, 1.0)  # a temperature by position would be easy to misread
 
 
 @pytest.mark.parametrize(
