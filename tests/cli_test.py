@@ -89,9 +89,7 @@ def test_bare_command_runs_the_default_text_completion_comparison(monkeypatch, t
 
     def fake_load_config(name):
         calls["config"] = name
-        config = load_config("digits")
-        config.task = "text_completion"
-        return config
+        return load_config(name)  # its rows include every row of the main job
 
     def fake_compare(config, methods, seeds, workdir, **kwargs):
         calls.update(methods=methods, seeds=seeds, workdir=workdir)
@@ -102,7 +100,7 @@ def test_bare_command_runs_the_default_text_completion_comparison(monkeypatch, t
     assert cli.main([]) == 0
     assert calls == {
         "config": "text_completion",
-        "methods": None,  # the rows of the config's compare_methods
+        "methods": list(cli.MAIN_JOB_METHODS),
         "seeds": list(range(cli.MAIN_JOB_SEEDS)),
         "workdir": Path("mlesearch_runs") / "text_completion",
     }
@@ -199,7 +197,8 @@ def test_rows_merge_their_overrides_into_the_config():
     uniform = cli.row_config(config, "mgs_uniform")
     assert uniform.mgs.weighting == "uniform"
     assert uniform.mgs.num_candidates == config.mgs.num_candidates  # the rest is kept
-    assert cli.row_config(config, "pg").method == "pg" and not cli.row_config(config, "pg").rows
+    pg = cli.row_config(config, "pg")
+    assert pg.method == "pg" and not pg.rows and not pg.compare_methods and not pg.tune
     assert cli.resolve_methods(config)[:3] == ["pretrained", "mle", "mle_logit_adjusted"]
     assert cli.resolve_methods(config, ["mgs_uniform", "mle"]) == ["mgs_uniform", "mle"]
     assert cli.resolve_methods(cli.load_config("digits")) == ["mle", "mgs", "pg", "mrt"]
