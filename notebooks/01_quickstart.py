@@ -191,8 +191,8 @@ for name, runs in results.items():
 # MGS to gain; the table above says how the two compare here, measured. Where the candidates'
 # 0/1 errors on a batch tie (look at `candidate_losses` below), their weights are uniform and
 # carry no signal, and MGS then follows Adam's step scaled by the share of guided candidates.
-# The README's results section has the same comparison on text completion and translation, where
-# MGS does not beat MLE at these sizes either.
+# docs/experiments.md has the comparisons on the other tasks, against MLE, the controls and the
+# policy-gradient baselines.
 #
 # ## Reading `MGSInfo`
 #

@@ -221,6 +221,6 @@ table.append("</table>")
 display(HTML("".join(table)))
 
 # %% [markdown]
-# The comparison of every row (MLE at two learning rates, MGS, its uniform-weight control, random
-# search, PG and MRT) is the library's main job: run `mlesearch` in a terminal (2 seeds, about a
-# quarter of an hour on two CPU cores), or see the README for its 5-seed table.
+# The comparison of MLE, MGS, its uniform-weight control and the policy-gradient baselines is the
+# library's main job: run `mlesearch` in a terminal (2 seeds, about a quarter of an hour on two
+# CPU cores), or see docs/experiments.md for the 5-seed table of every row.

@@ -1,16 +1,21 @@
-"""The README's Python examples run as written."""
+"""The Python examples of the README and of the docs pages run as written."""
 
 import pathlib
 import re
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 PRELUDE = "import jax\nimport jax.numpy as jnp\nimport optax\nimport mlesearch as mls\n"
 
 
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+def _python_blocks(page: pathlib.Path = README) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+
+
+DOC_BLOCKS = [(page.name, i) for page in DOCS for i in range(len(_python_blocks(page)))]
 
 
 def test_readme_quickstart_runs_and_learns(capsys):
@@ -27,6 +32,25 @@ def test_readme_snippet_runs(index):
     exec(compile(PRELUDE + _python_blocks()[index], f"README.md[{index}]", "exec"), namespace)
     tx = namespace["tx"]
     assert hasattr(tx, "init") and hasattr(tx, "update")
+
+
+def test_the_docs_have_examples_to_run():
+    assert DOC_BLOCKS, "no Python example found in docs/*.md"
+
+
+@pytest.mark.parametrize("page,index", DOC_BLOCKS)
+def test_docs_snippet_runs(page, index):
+    block = _python_blocks(ROOT / "docs" / page)[index]
+    namespace: dict = {}
+    exec(compile(PRELUDE + block, f"docs/{page}[{index}]", "exec"), namespace)
+    tx = namespace["tx"]
+    assert hasattr(tx, "init") and hasattr(tx, "update")
+
+
+def test_relative_links_of_the_readme_and_docs_resolve():
+    for page in [README, *DOCS]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
 
 
 def test_ci_runs_the_readme_commands():

@@ -1013,8 +1013,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"No command given: running compare {DEFAULT_TASK} --seeds {MAIN_JOB_SEEDS} "
             f"--methods {methods} --workdir {workdir} (mlesearch --help lists the commands; "
-            f"compare {DEFAULT_TASK} --seeds 5 runs every row of the config, for the README's "
-            "table).",
+            f"compare {DEFAULT_TASK} --seeds 5 runs every row of the config, for the table of "
+            "docs/experiments.md).",
             flush=True,
         )
         argv = ["compare", DEFAULT_TASK, "--seeds", str(MAIN_JOB_SEEDS), "--methods", methods]

@@ -1,18 +1,20 @@
 """Text completion: fine-tune a small language model against degenerate greedy continuations.
 
 The language-modelling experiment of Welleck & Cho, "MLE-guided parameter search for task loss
-minimization in neural sequence modeling" (AAAI 2021, arXiv 2006.03158), at laptop scale and at the
-paper's settings: a small transformer is pretrained by MLE on prose paragraphs of CPython's help
-texts and standard-library docstrings, then fine-tuned so that its greedy continuations of
-10-token prefixes repeat less and end (seq-rep-4 and non-termination), scored by the task loss of
-`tasks.text_completion` (the summed NLL of the continuation under the MLE model). During
-fine-tuning continuations are cut at 1.3 times the batch's longest reference; evaluation decodes
-twice the longest possible reference, on 500 validation and 690 test prefixes.
+minimization in neural sequence modeling" (AAAI 2021, arXiv 2006.03158), at laptop scale: a small
+transformer is pretrained by MLE on prose paragraphs of CPython's help texts and standard-library
+docstrings, then fine-tuned so that its greedy continuations of 10-token prefixes repeat less,
+end, and keep the length of human ones: the task loss is
+``"degeneration"`` (seq-rep-4 + non-termination + 2 x the relative gap of mean lengths; see
+`tasks.text_completion`). The paper's own task loss, the summed NLL of the continuation under the
+MLE model, is the row ``mgs_lm``. During fine-tuning continuations are cut at 1.3 times the
+batch's longest reference; evaluation decodes twice the longest possible reference, on 500
+validation and 690 test prefixes.
 
-Sized for two CPU cores: pretraining takes about half a minute, a fine-tuning run of MGS about 30
-seconds and one of PG or MRT about 45, and every row over 3 seeds took 16 minutes on a 2-core
-machine, so the bare ``mlesearch`` command runs 2 seeds and ``mlesearch compare text_completion
---seeds 5`` the README's table.
+Sized for two CPU cores: pretraining takes about half a minute, a fine-tuning run of MGS about
+30 seconds and one of PG or MRT about 45. ``mlesearch compare text_completion --seeds 5`` runs
+every row (docs/experiments.md has its table); the bare ``mlesearch`` command runs
+``cli.MAIN_JOB_METHODS`` over 2 seeds.
 """
 
 import ml_collections
