@@ -40,11 +40,14 @@ _LAZY_MODULES = {
     "metrics": "mlesearch.seq.metrics",
     "models": "mlesearch.seq.models",
 }
-_LAZY_FUNCTIONS = {"host_task_loss": "mlesearch.seq.host"}
+_LAZY_FUNCTIONS = {
+    "host_task_loss": "mlesearch.seq.host",
+    "nnx_task_loss": "mlesearch.seq.nnx",
+}
 
 
 def __getattr__(name: str) -> object:
-    """``mlesearch.metrics``, ``.decoding``, ``.models``, ``.baselines``, ``.host_task_loss``."""
+    """The lazily loaded names: the ``seq`` and ``baselines`` modules and two task-loss helpers."""
     import importlib  # here, so that ``dir(mlesearch)`` lists the API only
 
     if name in _LAZY_MODULES:

@@ -130,7 +130,7 @@ def test_documented_short_names_load_the_moved_modules():
     assert mlesearch.decoding.__name__ == "mlesearch.seq.decoding"
     assert mlesearch.baselines.__name__ == "mlesearch.baselines"
     assert mlesearch.host_task_loss.__module__ == "mlesearch.seq.host"
-    assert {"metrics", "models", "decoding", "baselines", "host_task_loss"} <= set(dir(mlesearch))
+    assert {"metrics", "models", "decoding", "baselines", "host_task_loss", "nnx_task_loss"} <= set(dir(mlesearch))
     with pytest.raises(AttributeError, match="no attribute 'train'"):
         mlesearch.train  # noqa: B018 - the experiments are not part of the library's namespace.
 
@@ -141,7 +141,7 @@ def test_the_namespace_is_the_api_with_the_toolkit_loaded_lazily(run_python):
     import mlesearch
     from mlesearch import recipes, sampling, transform
 
-    lazy = {"metrics", "models", "decoding", "baselines", "host_task_loss"}
+    lazy = {"metrics", "models", "decoding", "baselines", "host_task_loss", "nnx_task_loss"}
     assert not lazy & set(mlesearch.__all__)  # `from mlesearch import *` needs no flax
     assert lazy <= set(dir(mlesearch))
     assert not {"importlib", "Any"} & set(dir(mlesearch))
