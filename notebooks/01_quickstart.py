@@ -33,7 +33,7 @@ import pathlib
 import subprocess
 import sys
 
-EXTRAS = ""
+EXTRAS = "[experiments]"
 if importlib.util.find_spec("mlesearch") is None:
     here = pathlib.Path.cwd()
     clones = [
