@@ -130,7 +130,8 @@ def test_documented_short_names_load_the_moved_modules():
     assert mlesearch.decoding.__name__ == "mlesearch.seq.decoding"
     assert mlesearch.baselines.__name__ == "mlesearch.baselines"
     assert mlesearch.host_task_loss.__module__ == "mlesearch.seq.host"
-    assert {"metrics", "models", "decoding", "baselines", "host_task_loss", "nnx_task_loss"} <= set(dir(mlesearch))
+    lazy = {"metrics", "models", "decoding", "baselines", "host_task_loss", "nnx_task_loss"}
+    assert lazy <= set(dir(mlesearch))
     with pytest.raises(AttributeError, match="no attribute 'train'"):
         mlesearch.train  # noqa: B018 - the experiments are not part of the library's namespace.
 
