@@ -162,7 +162,11 @@ def test_compare_writes_the_table_and_plots(tmp_path, capsys):
     columns = [c["name"] for c in results["summary"]["columns"]]
     assert columns == ["error", "f1", "nll", "seconds", "task_loss_evaluations"]
     assert results["table"] in out
+    # The terminal's tables and prose fit 100 characters (paths aside); results.md has it all.
+    assert all(len(line) <= 100 for line in out.splitlines() if str(tmp_path) not in line)
+    assert "  mgs: MGS in the paper's placement" in out  # the rows are explained
     markdown = (workdir / "results.md").read_text()
+    assert "- mle: MLE" in markdown
     assert "| method |" in markdown and "**" in markdown
     for name in ("valid_error_vs_step.png", "valid_error_vs_seconds.png"):
         assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -31,6 +31,7 @@ import itertools
 import json
 import shlex
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,7 +57,7 @@ MAIN_JOB_METHODS = ("pretrained", "mle", "mle_long", "mgs", "mgs_uniform", "pg",
 RUNS_DIR = "mlesearch_runs"
 GRID = "grid"
 # Metrics that the headline shows beside the primary one, where the task has them.
-HEADLINE_EXTRA_METRICS = {"avg_len": "length", "avg_len_ref": "reference length"}
+HEADLINE_EXTRA_METRICS = {"avg_len": "length", "avg_len_ref": "ref. length"}
 CONFIG_PREFIX = "--config."
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
@@ -584,6 +585,54 @@ def row_group(config: ml_collections.ConfigDict) -> str:
     return "mgs"
 
 
+# What each method is, for the legend of the rows that `compare` prints and writes.
+METHOD_DESCRIPTIONS = {
+    "pretrained": "the pretrained model, not fine-tuned",
+    "mle": "MLE (cross-entropy, or the surrogate named)",
+    "mgs": "MGS in the paper's placement (with_mgs around the optimiser)",
+    "mgs_after": "MGS after the optimiser (chain(optimiser, mgs))",
+    "random_search": "MGS's search without the guide (lambda = 1)",
+    "pg": "policy gradient (REINFORCE with a moving-average baseline)",
+    "mrt": "minimum risk training",
+    "grpo": "GRPO: group-normalised advantages, clipped ratio",
+    "open_es": "OpenAI evolution strategy (evosax's Open_ES)",
+    "guided_es": "guided evolution strategy (evosax's GuidedES), guided by the MLE update",
+}
+
+
+def row_legend(config: ml_collections.ConfigDict, methods: Sequence[str]) -> list[str]:
+    """One line per row: what its method is, and the settings its row changes.
+
+    Args:
+      config: the experiment config, with its ``rows``.
+      methods: the rows of the comparison.
+
+    Returns:
+      Lines ``"row: description; field=value, ..."``, without the grids (``results.md`` lists
+      those searched).
+    """
+    rows = config.get("rows") or {}
+    lines = []
+    for row in methods:
+        overrides = rows[row].to_dict() if row in rows else {"method": row}
+        method = overrides.pop("method", row)
+        overrides.pop(GRID, None)
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any, flat: dict[str, Any] = flat) -> None:
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, inner)
+            else:
+                flat[prefix] = value
+
+        walk("", overrides)
+        settings = _point_values(flat).replace(",", ", ")
+        description = METHOD_DESCRIPTIONS.get(method, method)
+        lines.append(f"{row}: {description}" + (f"; {settings}" if settings else ""))
+    return lines
+
+
 def choose_points(
     runs: Sequence[dict[str, Any]], plan: Sequence[PlannedRow], primary: Metric
 ) -> dict[str, dict[str, Any]]:
@@ -693,6 +742,10 @@ def compare(
     task = train.get_task(config)
     for planned in plan:
         train.check_task_settings(task, planned.config)
+    primary = next(
+        (m for m in task.metrics if m.name == task.primary_metric),
+        Metric(task.primary_metric, lower_is_better=True),
+    )
     pretrained_root = (
         workdir / train.PRETRAINED_DIR if pretrained_dir is None else Path(pretrained_dir)
     )
@@ -708,7 +761,11 @@ def compare(
         pretrain_records[str(seed)] = {k: v for k, v in record.items() if k != "fingerprint"}
         if echo:
             valid = record["valid"]
-            shown = ", ".join(f"{m.label or m.name} {valid[m.name]:.4g}" for m in task.metrics)
+            shown = ", ".join(
+                f"{m.label or m.name} {valid[m.name]:.4g}"
+                for m in task.metrics
+                if m.name == primary.name or m.lower_is_better is None
+            )
             which = "shared by every seed" if shared_pretraining else f"seed {seed}"
             print(
                 f"Pretrained model, {which} (MLE, {record['steps']} steps, kept step "
@@ -729,22 +786,21 @@ def compare(
             result["row"], result["point"] = planned.row, planned.point
             runs.append(result)
             if echo:
+                # The primary metric and the lengths; the tables that follow have the rest.
                 shown = ", ".join(
-                    f"{m.label or m.name} {result['test'][m.name]:.4g}" for m in task.metrics
+                    f"{m.label or m.name} {result['test'][m.name]:.4g}"
+                    for m in task.metrics
+                    if m.name == primary.name or m.lower_is_better is None
                 )
                 print(
                     f"  {planned.name:<18} seed {seed}: test {shown} (step "
-                    f"{result['selected_step']}); {result['seconds']:.2f} s, "
-                    f"{result['task_loss_evaluations']} task-loss evaluations.",
+                    f"{result['selected_step']}), {result['seconds']:.2f} s, "
+                    f"{result['task_loss_evaluations']} task-loss evals",
                     flush=True,
                 )
     # Row by row, as the table reads, rather than in the order the seeds ran.
     order = {planned.name: index for index, planned in enumerate(plan)}
     runs.sort(key=lambda r: (order[r["method"]], list(seeds).index(r["seed"])))
-    primary = next(
-        (m for m in task.metrics if m.name == task.primary_metric),
-        Metric(task.primary_metric, lower_is_better=True),
-    )
     grids = choose_points(runs, plan, primary)
     grid_record = {
         row: {
@@ -840,8 +896,10 @@ def compare(
         )
     )
     headline_md = f"{legend_headline}\n\n{headline['markdown']}\n\n" if headline else ""
+    rows_legend = row_legend(config, methods)
+    rows_md = "The rows:\n\n" + "\n".join(f"- {line}" for line in rows_legend) + "\n\n"
     markdown_path.write_text(
-        f"{headline_md}{legend}\n\n{tables['markdown']}\n\n{legend_last}\n\n"
+        f"{headline_md}{rows_md}{legend}\n\n{tables['markdown']}\n\n{legend_last}\n\n"
         f"{tables['markdown_last']}\n{tuned_markdown}\n"
     )
     files = {
@@ -850,13 +908,27 @@ def compare(
         "plots": [str(p) for p in plots],
     }
     if echo:
-        print(f"\n{legend}\n\n{tables['table']}\n")
-        print(f"{legend_last}\n\n{tables['table_last']}\n")
+        # Prose wrapped to the width of the tables (100 characters).
+        def wrap(text: str, indent: str = "") -> str:
+            return textwrap.fill(
+                text,
+                100,
+                initial_indent=indent,
+                subsequent_indent=indent + "  ",
+                break_long_words=False,  # paths stay whole
+                break_on_hyphens=False,
+            )
+
+        print("\nThe rows:\n" + "\n".join(wrap(line, "  ") for line in rows_legend))
+        print(f"\n{wrap(f'{legend} {markdown_path.name} has every column.')}\n")
+        print(f"{tables['table']}\n\n{wrap(legend_last)}\n\n{tables['table_last']}\n")
         if headline:
-            print(f"{legend_headline}\n\n{headline['table']}\n")
+            print(f"{wrap(legend_headline)}\n\n{headline['table']}\n")
         if tuned_text:
-            print(tuned_text.strip() + "\n")
-        print(f"Wrote {json_path}, {markdown_path} and the plots {', '.join(map(str, plots))}.")
+            print("\n".join(wrap(line) for line in tuned_text.strip().splitlines()) + "\n")
+        print(
+            wrap(f"Wrote {json_path}, {markdown_path} and the plots {', '.join(map(str, plots))}.")
+        )
     return {**tables, "headline": headline, "grids": grid_record, "runs": runs, "files": files}
 
 

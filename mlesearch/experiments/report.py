@@ -107,6 +107,7 @@ def format_table(
     summary: Mapping[str, Any],
     markdown: bool = False,
     paired: Mapping[str, Any] | None = None,
+    only: Sequence[str] | None = None,
 ) -> str:
     """Renders `summarize`'s output as an aligned text table or as a markdown table.
 
@@ -117,11 +118,13 @@ def format_table(
       paired: the output of `paired_differences`; adds two columns for its first metric: the
         mean per-seed difference against the reference row with its confidence interval, and
         the seeds on which the row was better.
+      only: the names of the columns to show, in the summary's order (None: every column), so
+        that a terminal's table fits 100 characters.
 
     Returns:
       The table, without a trailing newline.
     """
-    columns = summary["columns"]
+    columns = [c for c in summary["columns"] if only is None or c["name"] in only]
     header = ["method"] + [
         c["label"]
         + ("" if c["lower_is_better"] is None else (" ↓" if c["lower_is_better"] else " ↑"))
@@ -489,6 +492,9 @@ def format_headline(
         )
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
+    # The terminal's version fits 100 characters: the kind of each row beside its name.
+    header = ["row (kind)", *header[2:-3], f"Δ [{confidence}% CI]", "wins", "verdict"]
+    body = [[f"{cells[1]} ({cells[0]})" if cells[-1] else cells[1], *cells[2:]] for cells in body]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = []
     for cells in [header, None, *body]:
@@ -509,7 +515,11 @@ def plot_histories(
     """Plots a validation metric against steps and against wall-clock seconds.
 
     One line per method (the mean over seeds) with a shaded band from the minimum to the maximum
-    over seeds. Uses matplotlib's Agg canvas, so no display is needed.
+    over seeds; each method has its own colour and line style, and the legend sits beside the
+    axes, off the data. Rows with a post-hoc correction are left out: their validation history
+    is that of the uncorrected model, and the correction applies to their test scores only (the
+    figure says which rows were left out). Uses matplotlib's Agg canvas, so no display is
+    needed.
 
     Args:
       runs: results of `train.run`, each with a ``history``.
@@ -521,26 +531,33 @@ def plot_histories(
     Returns:
       The paths of the two PNG files written.
     """
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    post_hoc = [m for m in methods if any(r["method"] == m and r.get("post_hoc") for r in runs)]
+    drawn = [m for m in methods if m not in post_hoc]
+    colours = colormaps["tab10"].colors
+    styles = ("-", "--", ":", "-.")
     label = metric.label or metric.name
     paths = []
     for axis_name, axis_label in (("step", "fine-tuning step"), ("seconds", "wall-clock seconds")):
-        figure = Figure(figsize=(6.0, 4.0), layout="constrained")
+        figure = Figure(figsize=(8.0, 4.0), layout="constrained")
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
-        for method in methods:
+        for index, method in enumerate(drawn):
             histories = [r["history"] for r in runs if r["method"] == method and r["history"]]
             if not histories:
                 continue
             length = min(len(h) for h in histories)
             x = np.mean([[e[axis_name] for e in h[:length]] for h in histories], axis=0)
             values = np.array([[e["valid"][metric.name] for e in h[:length]] for h in histories])
-            (line,) = axes.plot(x, values.mean(axis=0), label=method)
+            colour = colours[index % len(colours)]
+            style = styles[(index // len(colours)) % len(styles)]
+            axes.plot(x, values.mean(axis=0), label=method, color=colour, linestyle=style)
             if len(histories) > 1:
                 axes.fill_between(
-                    x, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2
+                    x, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.12
                 )
         axes.set_xlabel(axis_label)
         better = "lower" if metric.lower_is_better else "higher"
@@ -552,7 +569,10 @@ def plot_histories(
         )
         axes.set_title(f"{title}{shaded}", fontsize="medium")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+        if post_hoc:  # an entry without a line, at the end of the legend
+            note = "not drawn (post-hoc\ncorrection, test only):\n" + "\n".join(post_hoc)
+            axes.plot([], [], linestyle="none", label=note)
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         path = directory / f"valid_{metric.name}_vs_{axis_name}.png"
         figure.savefig(path, dpi=120)
         paths.append(path)
@@ -590,6 +610,9 @@ def tables(
         )
         result[f"summary{suffix}"] = summary
         result[f"paired{suffix}"] = paired
-        result[f"table{suffix}"] = format_table(summary, paired=paired)
+        # The terminal's table: the primary metric and the columns without a direction (the
+        # lengths); results.md and results.json have every column.
+        terminal = [primary.name, *(m.name for m in metrics if m.lower_is_better is None)]
+        result[f"table{suffix}"] = format_table(summary, paired=paired, only=terminal)
         result[f"markdown{suffix}"] = format_table(summary, markdown=True, paired=paired)
     return result
