@@ -103,6 +103,19 @@ def format_difference(stats: Mapping[str, Any] | None) -> tuple[str, str]:
     return f"{stats['mean']:+.4f}{interval}", f"{stats['wins']}/{stats['num_seeds']}"
 
 
+def _aligned(header: Sequence[str], body: Sequence[Sequence[str]], right: bool) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned or left."""
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 or not right else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+        for cells in [header, ["-" * w for w in widths], *body]
+    ]
+    return "\n".join(lines)
+
+
 def format_table(
     summary: Mapping[str, Any],
     markdown: bool = False,
@@ -157,16 +170,7 @@ def format_table(
         lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = []
-    for cells in [header, None, *body]:
-        if cells is None:
-            lines.append("  ".join("-" * w for w in widths))
-            continue
-        first = cells[0].ljust(widths[0])
-        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        lines.append("  ".join([first, *rest]).rstrip())
-    return "\n".join(lines)
+    return _aligned(header, body, right=True)
 
 
 def validation_score(run: Mapping[str, Any], metric: str, key: str = "test") -> float:
@@ -495,14 +499,7 @@ def format_headline(
     # The terminal's version fits 100 characters: the kind of each row beside its name.
     header = ["row (kind)", *header[2:-3], f"Δ [{confidence}% CI]", "wins", "verdict"]
     body = [[f"{cells[1]} ({cells[0]})" if cells[-1] else cells[1], *cells[2:]] for cells in body]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = []
-    for cells in [header, None, *body]:
-        if cells is None:
-            lines.append("  ".join("-" * w for w in widths))
-            continue
-        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
-    return "\n".join(lines)
+    return _aligned(header, body, right=False)
 
 
 def plot_histories(
