@@ -381,7 +381,7 @@ def _results(args: argparse.Namespace, cells: list[dict[str, Any]]) -> dict[str,
             cpu_count=os.cpu_count(),
             processor=platform.processor() or platform.machine(),
             jax=jax.__version__,
-            # glibc's allocator settings, which change large-d step times on CPU (README).
+            # glibc's allocator settings, which change large-d step times on CPU (see the docs).
             malloc_env={k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
         ),
         repeats=args.repeats,

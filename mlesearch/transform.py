@@ -635,7 +635,7 @@ def _step(
     # splits them and every chunk holds whole pairs.
     by_pairs = settings.antithetic and sharding is None and chunk % 2 == 0
     pairs = draw_pair if by_pairs else None
-    # Antithetic pairs keep the vmap: in a loop they were slower (benchmarks/README).
+    # Antithetic pairs keep the vmap: in a loop they were slower (docs/benchmark_log.md).
     one_by_one = not by_pairs and _draws_one_by_one(
         params, sharding, min(chunk, settings.num_candidates)
     )
