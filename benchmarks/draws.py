@@ -1,7 +1,7 @@
 """The noise draw on CPU: the written-out threefry against jax's, side by side.
 
-On CPU, `mlesearch.sampling._standard_normal` draws normals from threefry keys (one key's, or
-all the keys' of a vmap at once) with the hash written out (`sampling._threefry_words`) and
+On CPU, `mlesearch._threefry.standard_normal` draws normals from threefry keys (one key's, or
+all the keys' of a vmap at once) with the hash written out (`_threefry.threefry_words`) and
 stores them once for all their consumers, where jax's lowering of the hash is a rolled loop of
 five passes and XLA:CPU recomputes part of erf⁻¹ in each consumer; the normals are the same, bit
 for bit. This times, interleaved, median of the paired per-repetition ratios (written out /
@@ -11,7 +11,7 @@ jax's) with their interquartile range and the load average:
     n draws of d normals, one per key, under one vmap (as a step draws its candidates);
   - ``mgs``, ``mgs_all_at_once``, ``mgs_antithetic`` and ``with_mgs``: the steps of
     ``speed.py`` on its MLP, each compiled twice, with the written-out draw and with jax's
-    (``sampling._WRITTEN_OUT_DRAWS`` off). Each pair must give the same update up to the order
+    (``_threefry.WRITTEN_OUT`` off). Each pair must give the same update up to the order
     of floating-point sums, which the script checks.
 
 Usage::
@@ -36,7 +36,7 @@ from _timing import interleaved, load_average, paired_ratio, warm_up
 from speed import mlp_workload
 
 import mlesearch as mls
-from mlesearch import sampling
+from mlesearch import _threefry
 
 
 def _draws(n: int, d: int) -> dict[str, Callable[[], Any]]:
@@ -44,13 +44,13 @@ def _draws(n: int, d: int) -> dict[str, Callable[[], Any]]:
     written out and jax's."""
     key = jax.random.key(0)
     length = n * d + (n * d) % 2
-    words = jax.jit(lambda k: sampling._threefry_words(jax.random.key_data(k), length))
+    words = jax.jit(lambda k: _threefry.threefry_words(jax.random.key_data(k), length))
     bits = jax.jit(lambda k: jax.random.bits(k, (length,)))
-    normals = jax.jit(lambda k: sampling._standard_normal(k, length))
+    normals = jax.jit(lambda k: _threefry.standard_normal(k, length))
     jax_normals = jax.jit(lambda k: jax.random.normal(k, (length,)))
     keys = jax.random.split(key, n)
     row = d + d % 2
-    rows = jax.jit(jax.vmap(lambda k: sampling._standard_normal(k, row)))
+    rows = jax.jit(jax.vmap(lambda k: _threefry.standard_normal(k, row)))
     jax_rows = jax.jit(jax.vmap(lambda k: jax.random.normal(k, (row,))))
     if not bool(jnp.all(words(key) == bits(key))):
         raise AssertionError("the written-out threefry gave other bits than jax.random.bits")
@@ -88,7 +88,7 @@ def _steps(n: int, d: int) -> dict[str, Callable[[], Any]]:
     steps, updates = {}, {}
     try:
         for suffix, written_out in (("", True), (" jax", False)):
-            sampling._WRITTEN_OUT_DRAWS = written_out  # read when a step is traced
+            _threefry.WRITTEN_OUT = written_out  # read when a step is traced
             for name, tx in transforms().items():
 
                 @jax.jit
@@ -103,7 +103,7 @@ def _steps(n: int, d: int) -> dict[str, Callable[[], Any]]:
                 steps[name + suffix] = run
                 updates[name + suffix] = run()[0]
     finally:
-        sampling._WRITTEN_OUT_DRAWS = True
+        _threefry.WRITTEN_OUT = True
     for name in transforms():
         for ours, theirs in zip(
             jax.tree.leaves(updates[name]), jax.tree.leaves(updates[name + " jax"]), strict=True

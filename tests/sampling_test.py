@@ -11,6 +11,7 @@ import pytest
 from scipy import special, stats
 
 import mlesearch as mls
+from mlesearch import _threefry
 
 
 def _tree(dtype=jnp.float32):
@@ -550,8 +551,8 @@ _KEYS = {
 
 @pytest.fixture
 def written_out_draws_on_cpu(monkeypatch):
-    """Written-out draws (`sampling._threefry_normals`), as on a CPU."""
-    monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", True)
+    """Written-out draws (`_threefry.threefry_normals`), as on a CPU."""
+    monkeypatch.setattr(_threefry, "WRITTEN_OUT", True)
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
 
 
@@ -562,22 +563,42 @@ def test_written_out_threefry_draws_jax_normals_bit_for_bit(
     written_out_draws_on_cpu, key_kind, length, jit
 ):
     key = _KEYS[key_kind]()
-    assert mls.sampling._threefry_key_words(key, length) is not None  # the path under test.
-    draw = mls.sampling._standard_normal
+    assert _threefry.usable_key_words(key, length) is not None  # the path under test.
+    draw = _threefry.standard_normal
     if jit:
         draw = jax.jit(draw, static_argnums=1)
     chex.assert_trees_all_equal(draw(key, length), jax.random.normal(key, (length,)))
 
 
+@pytest.mark.parametrize("key_kind", sorted(_KEYS))
+@pytest.mark.parametrize("length", [2, 998, 10_000])
+def test_written_out_threefry_follows_jax_private_layout(key_kind, length):
+    """The layout the written-out draw copies from jax: bits and their assumptions.
+
+    Fails when a jax release changes the counter layout of its partitionable threefry (the
+    bits), stops making it the default, or renames the implementation: then the written-out
+    draw must be updated or removed, not silently kept.
+    """
+    assert jax.config.jax_threefry_partitionable, "jax's default threefry layout changed"
+    key = _KEYS[key_kind]()
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        assert str(jax.random.key_impl(key)) == "threefry2x32"
+    words = _threefry.threefry_words(jnp.asarray(data, jnp.uint32), length)
+    chex.assert_trees_all_equal(words, jax.random.bits(key, (length,), jnp.uint32))
+    normals = _threefry.normals_from_bits(words)
+    chex.assert_trees_all_equal(normals, jax.random.normal(key, (length,)))
+
+
 @pytest.mark.parametrize("written_out", [True, False])
 def test_written_out_threefry_matches_under_vmap_and_in_a_loop(monkeypatch, written_out):
-    monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", written_out)
+    monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     keys = jax.random.split(jax.random.key(2), 6)
     expected = jax.vmap(lambda k: jax.random.normal(k, (1000,)))(keys)
 
     def draw(k):
-        return mls.sampling._standard_normal(k, 1000)
+        return _threefry.standard_normal(k, 1000)
 
     by_vmap = jax.jit(jax.vmap(draw))(keys)
     in_a_loop = jax.jit(lambda ks: jax.lax.map(draw, ks))(keys)
@@ -595,14 +616,14 @@ def test_written_out_draws_are_made_once_for_all_the_keys_of_a_vmap(
 ):
     # Written out, the normals come from one cond (for one key, or for all the keys of a vmap,
     # whose normals are then stored once); otherwise from jax's random_bits.
-    monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", written_out)
+    monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     keys = jax.random.split(jax.random.key(0), num_keys)
 
     def draw(ks):
         if num_keys == 1:
-            return mls.sampling._standard_normal(ks[0], 16)[None]
-        return jax.vmap(lambda k: mls.sampling._standard_normal(k, 16))(ks)
+            return _threefry.standard_normal(ks[0], 16)[None]
+        return jax.vmap(lambda k: _threefry.standard_normal(k, 16))(ks)
 
     jaxpr = str(jax.make_jaxpr(draw)(keys))  # with every sub-jaxpr, inline.
     assert jaxpr.count("cond[") == written_out
@@ -617,7 +638,7 @@ def test_written_out_draws_can_be_differentiated_through(written_out_draws_on_cp
         return jnp.sum(jax.vmap(lambda k: x * draw(k, 100))(keys))
 
     expected = jax.grad(loss)(2.0, lambda k, n: jax.random.normal(k, (n,)))
-    got = jax.jit(jax.grad(loss), static_argnums=1)(2.0, mls.sampling._standard_normal)
+    got = jax.jit(jax.grad(loss), static_argnums=1)(2.0, _threefry.standard_normal)
     chex.assert_trees_all_close(got, expected, rtol=1e-6)
 
 
@@ -634,15 +655,15 @@ def test_other_draws_go_through_jax_random_normal(
 ):
     key = key()
     with jax.threefry_partitionable(partitionable):
-        assert mls.sampling._threefry_key_words(key, length) is None
+        assert _threefry.usable_key_words(key, length) is None
         chex.assert_trees_all_equal(
-            mls.sampling._standard_normal(key, length), jax.random.normal(key, (length,))
+            _threefry.standard_normal(key, length), jax.random.normal(key, (length,))
         )
 
 
 def test_draws_are_not_written_out_off_cpu(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert mls.sampling._threefry_key_words(jax.random.key(0), 1000) is None
+    assert _threefry.usable_key_words(jax.random.key(0), 1000) is None
 
 
 def _fold_in_chunks(losses, log_q, deltas, temperature, weighting, chunks):

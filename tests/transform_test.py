@@ -19,6 +19,7 @@ from absl.testing import parameterized
 from scipy import special
 
 import mlesearch as mls
+from mlesearch import _threefry
 
 # A fixed quadratic l(θ) = ½ θᵀHθ + bᵀθ: its p(Δ|θ) is Gaussian, N(-H⁻¹g, αH⁻¹).
 H = jnp.array([[2.0, 0.5], [0.5, 1.0]])
@@ -457,7 +458,7 @@ def test_default_step_on_cpu_goes_in_cache_sized_chunks(monkeypatch, temperature
     [{}, {"chunk_size": 3}, {"antithetic": True}, {"temperature": "auto", "chunk_size": 4}],
 )
 def test_written_out_threefry_leaves_the_step_unchanged(monkeypatch, kwargs):
-    # CPU draws are written out (sampling._threefry_normals): the same candidates as
+    # CPU draws are written out (_threefry.threefry_normals): the same candidates as
     # jax.random.normal's (bit for bit, tests/sampling_test.py), so the same step up to the
     # order of floating-point sums (XLA fuses the two programs differently).
     params, x, y, mle_loss, error_rate = _mlp_problem()
@@ -465,7 +466,7 @@ def test_written_out_threefry_leaves_the_step_unchanged(monkeypatch, kwargs):
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
 
     def run(written_out):
-        monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", written_out)
+        monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
         tx = mls.mgs(num_candidates=8, sigma=0.3, **kwargs)
         return _unwrap(_step(tx, guide, params, error_rate, x=x, y=y))
 
@@ -798,7 +799,7 @@ def test_antithetic_relative_importance_step_on_a_multi_leaf_tree(chunk_size):
 
 def _random_bits_drawn(jaxpr) -> int:
     """Random words drawn in a jaxpr and its sub-jaxprs (loop bodies counted once): the entries
-    of every random_bits, and of every written-out draw (`sampling._threefry_normals`, a cond
+    of every random_bits, and of every written-out draw (`_threefry.threefry_normals`, a cond
     that makes normals)."""
     total = 0
     for eqn in jaxpr.eqns:
@@ -818,7 +819,7 @@ def _random_bits_drawn(jaxpr) -> int:
 @pytest.mark.parametrize("written_out", [True, False])
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_antithetic_pairs_draw_their_noise_once(monkeypatch, chunk_size, written_out):
-    monkeypatch.setattr(mls.sampling, "_WRITTEN_OUT_DRAWS", written_out)
+    monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
     params = {"w": jnp.ones((3, 5)), "b": jnp.zeros(5)}
 
     def bits(antithetic):
