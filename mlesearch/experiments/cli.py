@@ -53,7 +53,7 @@ MAIN_JOB_SEEDS = 2
 # MGS's time, and the two policy-gradient baselines. Every row of the config over 2 seeds would
 # take about 17 minutes on two CPU cores (estimated from the 5-seed run's per-row times, not
 # timed); MRT, random search and MGS on the paper's summed-NLL task loss are in `compare
-# text_completion --seeds 5`. These 7 rows took 7 min 30 s in a CI run.
+# text_completion --seeds 5`. These 7 rows took 7.5 and 8.4 minutes in two CI runs.
 MAIN_JOB_METHODS = ("pretrained", "mle", "mle_long", "mgs", "mgs_uniform", "pg", "grpo")
 RUNS_DIR = "mlesearch_runs"
 GRID = "grid"
