@@ -35,11 +35,7 @@ import numpy as np
 
 # The threefry-2x32 rotations, in the two alternating groups of four rounds [1].
 ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-# On CPU, normals from threefry keys are drawn by `threefry_normals`, not by
-# ``jax.random.normal``: the same normals, bit for bit, in one parallel pass whose result is
-# stored once. jax lowers the hash as a rolled loop of five passes over the draw, and XLA:CPU
-# recomputes the last part of ``erf⁻¹`` in every consumer of the normals (each leaf's slice, the
-# candidate θ + Δ, the log q terms, the noise kept for the weighted sum). In
+# Whether CPU draws go through `threefry_normals` (see the module docstring). In
 # `benchmarks/draws.py`, `speed.py`'s MLP steps took 0.45-0.90 of their time with jax's draw
 # (d = 10⁴ to 10⁶, n = 16 and 32); in scratch runs, steps at d = 10² to 3 · 10³ took 0.58-0.91,
 # so there is no threshold. Tests and `benchmarks/draws.py` turn it off to compare.

@@ -15,7 +15,13 @@ def _python_blocks(page: pathlib.Path = README) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
 
 
-DOC_BLOCKS = [(page.name, i) for page in DOCS for i in range(len(_python_blocks(page)))]
+# Every example after the README's quickstart, and every example of the docs pages, by the path
+# of its page (relative to the repository) and its index there.
+SNIPPETS = [("README.md", i) for i in range(1, len(_python_blocks()))] + [
+    (page.relative_to(ROOT).as_posix(), i)
+    for page in DOCS
+    for i in range(len(_python_blocks(page)))
+]
 
 
 def test_readme_quickstart_runs_and_learns(capsys):
@@ -26,23 +32,15 @@ def test_readme_quickstart_runs_and_learns(capsys):
     assert error < 0.1, out
 
 
-@pytest.mark.parametrize("index", range(1, len(_python_blocks())))
-def test_readme_snippet_runs(index):
-    namespace: dict = {}
-    exec(compile(PRELUDE + _python_blocks()[index], f"README.md[{index}]", "exec"), namespace)
-    tx = namespace["tx"]
-    assert hasattr(tx, "init") and hasattr(tx, "update")
-
-
 def test_the_docs_have_examples_to_run():
-    assert DOC_BLOCKS, "no Python example found in docs/*.md"
+    assert any(page != "README.md" for page, _ in SNIPPETS), "no Python example in docs/*.md"
 
 
-@pytest.mark.parametrize("page,index", DOC_BLOCKS)
-def test_docs_snippet_runs(page, index):
-    block = _python_blocks(ROOT / "docs" / page)[index]
+@pytest.mark.parametrize("page,index", SNIPPETS)
+def test_snippet_runs(page, index):
+    block = _python_blocks(ROOT / page)[index]
     namespace: dict = {}
-    exec(compile(PRELUDE + block, f"docs/{page}[{index}]", "exec"), namespace)
+    exec(compile(PRELUDE + block, f"{page}[{index}]", "exec"), namespace)
     tx = namespace["tx"]
     assert hasattr(tx, "init") and hasattr(tx, "update")
 

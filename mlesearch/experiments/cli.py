@@ -618,17 +618,7 @@ def row_legend(config: ml_collections.ConfigDict, methods: Sequence[str]) -> lis
         overrides = rows[row].to_dict() if row in rows else {"method": row}
         method = overrides.pop("method", row)
         overrides.pop(GRID, None)
-        flat: dict[str, Any] = {}
-
-        def walk(prefix: str, value: Any, flat: dict[str, Any] = flat) -> None:
-            if isinstance(value, dict):
-                for key, inner in value.items():
-                    walk(f"{prefix}.{key}" if prefix else key, inner)
-            else:
-                flat[prefix] = value
-
-        walk("", overrides)
-        settings = _point_values(flat).replace(",", ", ")
+        settings = _point_values(_flatten(overrides)).replace(",", ", ")
         description = METHOD_DESCRIPTIONS.get(method, method)
         lines.append(f"{row}: {description}" + (f"; {settings}" if settings else ""))
     return lines
@@ -747,6 +737,8 @@ def compare(
         (m for m in task.metrics if m.name == task.primary_metric),
         Metric(task.primary_metric, lower_is_better=True),
     )
+    # The progress lines show what the terminal's tables show; the tables that follow, the rest.
+    shown_metrics = report.terminal_metrics(task.metrics, primary)
     pretrained_root = (
         workdir / train.PRETRAINED_DIR if pretrained_dir is None else Path(pretrained_dir)
     )
@@ -762,11 +754,7 @@ def compare(
         pretrain_records[str(seed)] = {k: v for k, v in record.items() if k != "fingerprint"}
         if echo:
             valid = record["valid"]
-            shown = ", ".join(
-                f"{m.label or m.name} {valid[m.name]:.4g}"
-                for m in task.metrics
-                if m.name == primary.name or m.lower_is_better is None
-            )
+            shown = ", ".join(f"{m.label or m.name} {valid[m.name]:.4g}" for m in shown_metrics)
             which = "shared by every seed" if shared_pretraining else f"seed {seed}"
             print(
                 f"Pretrained model, {which} (MLE, {record['steps']} steps, kept step "
@@ -787,11 +775,8 @@ def compare(
             result["row"], result["point"] = planned.row, planned.point
             runs.append(result)
             if echo:
-                # The primary metric and the lengths; the tables that follow have the rest.
                 shown = ", ".join(
-                    f"{m.label or m.name} {result['test'][m.name]:.4g}"
-                    for m in task.metrics
-                    if m.name == primary.name or m.lower_is_better is None
+                    f"{m.label or m.name} {result['test'][m.name]:.4g}" for m in shown_metrics
                 )
                 print(
                     f"  {planned.name:<18} seed {seed}: test {shown} (step "

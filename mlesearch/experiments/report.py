@@ -576,6 +576,15 @@ def plot_histories(
     return paths
 
 
+def terminal_metrics(metrics: Sequence[Metric], primary: Metric) -> list[Metric]:
+    """The metrics a terminal shows: the primary one and those without a direction (lengths).
+
+    Keeps the terminal's tables within 100 characters; results.md and results.json have every
+    metric.
+    """
+    return [m for m in metrics if m.name == primary.name or m.lower_is_better is None]
+
+
 def tables(
     runs: Sequence[Mapping[str, Any]],
     methods: Sequence[str],
@@ -607,9 +616,7 @@ def tables(
         )
         result[f"summary{suffix}"] = summary
         result[f"paired{suffix}"] = paired
-        # The terminal's table: the primary metric and the columns without a direction (the
-        # lengths); results.md and results.json have every column.
-        terminal = [primary.name, *(m.name for m in metrics if m.lower_is_better is None)]
+        terminal = [m.name for m in terminal_metrics(metrics, primary)]
         result[f"table{suffix}"] = format_table(summary, paired=paired, only=terminal)
         result[f"markdown{suffix}"] = format_table(summary, markdown=True, paired=paired)
     return result

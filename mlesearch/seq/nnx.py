@@ -56,15 +56,6 @@ def nnx_task_loss(
       is an ``nnx.State`` (or the same nested dict of arrays) of the variables ``wrt`` selects,
       with the leaves of ``model``'s; the output is ``fn``'s, a float32 scalar for `mgs`.
     """
-    graphdef, _, rest = nnx.split(model, wrt, ...)
-
-    def task_loss(params: Any, *args: Any, **kwargs: Any) -> jax.Array:
-        candidate = nnx.merge(graphdef, params, rest)
-        if eval_mode:
-            candidate.eval()
-        return fn(candidate, *args, **kwargs)
-
-    functools.update_wrapper(task_loss, fn)
     # The signature routes update's extra arguments: fn's own, its first parameter the params.
     signature = inspect.signature(fn)
     parameters = list(signature.parameters.values())
@@ -77,5 +68,14 @@ def nnx_task_loss(
             f"its signature is {signature}"
         )
     parameters[0] = parameters[0].replace(name="params", annotation=inspect.Parameter.empty)
+    graphdef, _, rest = nnx.split(model, wrt, ...)
+
+    def task_loss(params: Any, *args: Any, **kwargs: Any) -> jax.Array:
+        candidate = nnx.merge(graphdef, params, rest)
+        if eval_mode:
+            candidate.eval()
+        return fn(candidate, *args, **kwargs)
+
+    functools.update_wrapper(task_loss, fn)
     task_loss.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return task_loss
