@@ -46,7 +46,9 @@ extensions = [
 
 # The pages are the Markdown files of docs/ (MyST, also read on GitHub) and the notebooks, which
 # docs/notebooks links in from notebooks/; their jupytext twins (.py) are not pages.
-exclude_patterns = ["_build", "notebooks/*.py", "**/.ipynb_checkpoints"]
+# myst-nb writes the notebooks' images beside the output folder: into docs/jupyter_execute when
+# the site is built into docs/_build.
+exclude_patterns = ["_build", "jupyter_execute", "notebooks/*.py", "**/.ipynb_checkpoints"]
 templates_path = ["_templates"]
 
 # -- Notebooks: rendered with the outputs stored in them, never executed here. -----------------

@@ -48,7 +48,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         pytest.skip(
             'sphinx is not installed; pip install ".[docs]" (or ".[test]") to build the docs'
         )
-    out = tmp_path_factory.mktemp("site")
+    # myst-nb writes the notebooks' images beside the output folder, so both go in this one.
+    out = tmp_path_factory.mktemp("docs") / "html"
     result = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", DOCS, out],
         env={**os.environ, "MLESEARCH_DOCS_OFFLINE": "1"},
