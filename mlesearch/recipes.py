@@ -77,16 +77,15 @@ def with_mgs(
         a step; docs/guide.md gives the values the built-in experiments chose.
       clip_norm: c > 0, the global norm to which the gradient and the pseudo-gradient are
         clipped; None drops both clips. May be traced.
-      num_candidates, sigma, temperature, mix, weighting, noise, antithetic, chunk_size, key,
-        target_ess, mesh, candidate_axis, memory_budget: the arguments of
-        :func:`mlesearch.mgs`. The defaults differ from ``mgs``'s in four places: relative
-        noise and tilted weights, as in the released code; ``temperature="auto"``, because task
-        losses come on every scale (1 - F1 lies in [0, 1], a summed NLL in the tens) and a fixed
-        α suits only one of them; and ``target_ess=0.25``, which both built-in fine-tuning
-        experiments chose on validation.
-        With ``optax.inject_hyperparams``, list ``num_candidates``, ``mix``, ``key`` (and
-        ``chunk_size`` if set) in ``static_args``; ``probe_scale``, ``clip_norm``, ``sigma``,
-        ``temperature`` and ``target_ess`` may then change between steps.
+
+    The other arguments, ``num_candidates`` to ``memory_budget``, are those of
+    :func:`mlesearch.mgs`. The defaults differ from ``mgs``'s in four places: relative noise
+    and tilted weights, as in the released code; ``temperature="auto"``, because task losses
+    come on every scale (1 - F1 lies in [0, 1], a summed NLL in the tens) and a fixed α suits
+    only one of them; and ``target_ess=0.25``, which both built-in fine-tuning experiments chose
+    on validation. With ``optax.inject_hyperparams``, list ``num_candidates``, ``mix``,
+    ``key`` (and ``chunk_size`` if set) in ``static_args``; ``probe_scale``, ``clip_norm``,
+    ``sigma``, ``temperature`` and ``target_ess`` may then change between steps.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its ``update(grads, state, params,

@@ -439,7 +439,7 @@ def sample_candidates(
       key: the step's PRNG key.
       guide: the guide update u, a pytree of arrays.
       scales: per-leaf noise scales from :func:`proposal_scales`.
-      num_candidates: n.
+      num_candidates: n, the number of candidates.
       mix: λ, the share of zero-mean candidates.
       antithetic: whether candidates come in antithetic pairs.
 

@@ -316,7 +316,7 @@ def auto_chunk_size(num_candidates: int, params: Any, memory_budget: int) -> int
     ``benchmarks/memory.py``).
 
     Args:
-      num_candidates: n.
+      num_candidates: n, the number of candidates.
       params: the parameter pytree (arrays or shape-dtype structs); only the sizes are read.
       memory_budget: bytes, at least 1.
 

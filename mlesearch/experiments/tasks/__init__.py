@@ -13,6 +13,7 @@ from typing import Any
 
 from mlesearch.experiments.tasks.base import Batch, Metric, Params, Samples, Task
 
+#: The names of the built-in tasks, for :func:`make_task`.
 TASKS = ("text_completion", "digits", "digits_lt", "translation")
 
 
