@@ -16,6 +16,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -593,8 +594,12 @@ def _step(
     params: Any,
     loss_fn: Callable[[Any], jax.Array],
     sharding: jax.sharding.NamedSharding | None,
+    written_out: bool,
 ) -> tuple[Any, MGSState]:
-    """One MGS step on checked arguments: draw, evaluate and weigh the candidates."""
+    """One MGS step on checked arguments: draw, evaluate and weigh the candidates.
+
+    ``written_out``: whether the noise is drawn through `_threefry` (the same normals).
+    """
     next_key, step_key = jax.random.split(state.key)
     num_zero_mean = settings.num_zero_mean
     # A guide with a NaN or inf anywhere cannot place the guided candidates: they are drawn
@@ -612,12 +617,20 @@ def _step(
         # On a low-precision leaf the candidate really evaluated is round(θ + Δ): its effective
         # perturbation is the one returned, and the one in log q.
         return sampling._sample_candidate_and_log_q(
-            step_key, index, guide, scales, num_zero_mean, share, settings.antithetic, params
+            step_key,
+            index,
+            guide,
+            scales,
+            num_zero_mean,
+            share,
+            settings.antithetic,
+            params,
+            written_out=written_out,
         )
 
     def draw_pair(pair: jax.Array) -> tuple[Any, jax.Array]:
         return sampling._sample_antithetic_pair_and_log_q(
-            step_key, pair, guide, scales, num_zero_mean, share, params
+            step_key, pair, guide, scales, num_zero_mean, share, params, written_out=written_out
         )
 
     def loss_at(index: jax.Array, delta: Any) -> jax.Array:
@@ -783,6 +796,26 @@ def mgs(
         candidate_axis,
         memory_budget,
     )
+    return _transformation(settings)
+
+
+def _mgs_with(
+    written_out: bool | None = None, **mgs_kwargs: Any
+) -> optax.GradientTransformationExtraArgs:
+    """``mgs(**mgs_kwargs)``, with the noise written out (`_threefry`) or not as asked.
+
+    For tests and benchmarks that compare the two draws; None draws as :func:`mgs` does.
+    """
+    arguments = inspect.signature(mgs).bind(**mgs_kwargs)
+    arguments.apply_defaults()
+    return _transformation(_check_settings(**arguments.arguments), written_out)
+
+
+def _transformation(
+    settings: _Settings, written_out: bool | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """The init and update of :func:`mgs` on checked settings (``written_out`` as in
+    `_mgs_with`)."""
 
     def init_fn(params: optax.Params) -> MGSState:
         del params
@@ -798,7 +831,12 @@ def mgs(
     ) -> tuple[optax.Updates, MGSState]:
         loss_fn, loss_kwargs = _bound_task_loss(updates, params, task_loss_fn, extra_args)
         sharding = _resolve_sharding(settings.sharding, (updates, params, loss_kwargs))
+        # The written-out draw gives jax's normals bit for bit; on CPU, faster: in
+        # `benchmarks/draws.py`, `speed.py`'s MLP steps took 0.45-0.90 of their time with jax's
+        # draw (d = 10⁴ to 10⁶, n = 16 and 32), and in scratch runs steps at d = 10² to 3 · 10³
+        # took 0.58-0.91, so there is no threshold (docs/performance.md).
+        draw_written_out = jax.default_backend() == "cpu" if written_out is None else written_out
         with _mesh_context(sharding):
-            return _step(settings, updates, state, params, loss_fn, sharding)
+            return _step(settings, updates, state, params, loss_fn, sharding, draw_written_out)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -19,7 +19,6 @@ from absl.testing import parameterized
 from scipy import special
 
 import mlesearch as mls
-from mlesearch import _threefry
 
 # A fixed quadratic l(θ) = ½ θᵀHθ + bᵀθ: its p(Δ|θ) is Gaussian, N(-H⁻¹g, αH⁻¹).
 H = jnp.array([[2.0, 0.5], [0.5, 1.0]])
@@ -457,17 +456,15 @@ def test_default_step_on_cpu_goes_in_cache_sized_chunks(monkeypatch, temperature
     "kwargs",
     [{}, {"chunk_size": 3}, {"antithetic": True}, {"temperature": "auto", "chunk_size": 4}],
 )
-def test_written_out_threefry_leaves_the_step_unchanged(monkeypatch, kwargs):
+def test_written_out_threefry_leaves_the_step_unchanged(kwargs):
     # CPU draws are written out (_threefry.threefry_normals): the same candidates as
     # jax.random.normal's (bit for bit, tests/sampling_test.py), so the same step up to the
     # order of floating-point sums (XLA fuses the two programs differently).
     params, x, y, mle_loss, error_rate = _mlp_problem()
     guide = jax.grad(mle_loss)(params, x, y)
-    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
 
     def run(written_out):
-        monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
-        tx = mls.mgs(num_candidates=8, sigma=0.3, **kwargs)
+        tx = mls.transform._mgs_with(written_out, num_candidates=8, sigma=0.3, **kwargs)
         return _unwrap(_step(tx, guide, params, error_rate, x=x, y=y))
 
     chex.assert_trees_all_close(run(True), run(False), rtol=1e-5, atol=1e-6)
@@ -569,9 +566,9 @@ def test_each_candidate_is_drawn_once_unless_alpha_needs_every_loss(
     draws = []
     original = mls.sampling._candidate_noise
 
-    def counted(key, index, tree, antithetic):
+    def counted(key, index, *args, **kwargs):
         jax.debug.callback(lambda i: draws.append(int(i)), index)
-        return original(key, index, tree, antithetic)
+        return original(key, index, *args, **kwargs)
 
     def second_pass(*args, **kwargs):
         raise AssertionError("log q must come from the drawing pass, not from the candidates.")
@@ -818,12 +815,13 @@ def _random_bits_drawn(jaxpr) -> int:
 
 @pytest.mark.parametrize("written_out", [True, False])
 @pytest.mark.parametrize("chunk_size", [None, 4])
-def test_antithetic_pairs_draw_their_noise_once(monkeypatch, chunk_size, written_out):
-    monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
+def test_antithetic_pairs_draw_their_noise_once(chunk_size, written_out):
     params = {"w": jnp.ones((3, 5)), "b": jnp.zeros(5)}
 
     def bits(antithetic):
-        tx = mls.mgs(num_candidates=8, antithetic=antithetic, chunk_size=chunk_size)
+        tx = mls.transform._mgs_with(
+            written_out, num_candidates=8, antithetic=antithetic, chunk_size=chunk_size
+        )
         jaxpr = jax.make_jaxpr(
             lambda g, s: tx.update(g, s, params, task_loss_fn=lambda p: jnp.sum(p["w"]))
         )(params, tx.init(params))
@@ -831,6 +829,20 @@ def test_antithetic_pairs_draw_their_noise_once(monkeypatch, chunk_size, written
 
     assert bits(False) > 0
     assert bits(True) * 2 == bits(False)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_steps_write_their_draws_out_on_cpu_only(monkeypatch, backend):
+    params = {"w": jnp.ones((3, 5)), "b": jnp.zeros(5)}
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    tx = mls.mgs(num_candidates=8, chunk_size=4)
+    jaxpr = str(
+        jax.make_jaxpr(
+            lambda g, s: tx.update(g, s, params, task_loss_fn=lambda p: jnp.sum(p["w"]))
+        )(params, tx.init(params))
+    )
+    assert ("erf_inv" in jaxpr and "cond[" in jaxpr) == (backend == "cpu")
+    assert ("random_bits[" in jaxpr) == (backend != "cpu")
 
 
 def test_antithetic_candidates_are_mirrored():
