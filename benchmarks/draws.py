@@ -11,8 +11,8 @@ jax's) with their interquartile range and the load average:
     n draws of d normals, one per key, under one vmap (as a step draws its candidates);
   - ``mgs``, ``mgs_all_at_once``, ``mgs_antithetic`` and ``with_mgs``: the steps of
     ``speed.py`` on its MLP, each compiled twice, with the written-out draw and with jax's
-    (``mlesearch.transform._mgs_with(written_out=...)``). Each pair must give the same update up
-    to the order of floating-point sums, which the script checks.
+    (``written_out_draw`` of ``mlesearch.transform._mgs_with``'s plan). Each pair must give the
+    same update up to the order of floating-point sums, which the script checks.
 
 Usage::
 
@@ -76,7 +76,8 @@ def _steps(n: int, d: int) -> dict[str, Callable[[], Any]]:
         sgd = optax.sgd(1e-3)
 
         def search(**kwargs: Any) -> optax.GradientTransformation:
-            return mls.transform._mgs_with(written_out, num_candidates=n, key=0, **kwargs)
+            plan = {"written_out_draw": written_out}
+            return mls.transform._mgs_with(plan, num_candidates=n, key=0, **kwargs)
 
         # with_mgs's chain (mlesearch/recipes.py) at its defaults, around a search whose draw
         # is chosen here.

@@ -396,7 +396,6 @@ def test_chunked_evaluation_gives_the_same_update(temperature, weighting):
         chex.assert_trees_all_close(state.info, results[0][1].info, atol=1e-6)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the cache-sized chunks are for CPU")
 @pytest.mark.parametrize(
     ("num_candidates", "dim", "antithetic", "expected"),
     [
@@ -409,9 +408,64 @@ def test_chunked_evaluation_gives_the_same_update(temperature, weighting):
         (16, 10_000_000, False, 1),
     ],
 )
-def test_cache_chunk_size(num_candidates, dim, antithetic, expected):
+def test_plan_of_a_default_cpu_step_takes_cache_sized_chunks(
+    num_candidates, dim, antithetic, expected
+):
     params = jax.ShapeDtypeStruct((dim,), jnp.float32)
-    assert mls.transform._cache_chunk_size(num_candidates, params, antithetic) == expected
+    plan = mls.transform._execution_plan(
+        num_candidates, params, "cpu", False, None, 2**30, antithetic, None
+    )
+    assert plan.chunk == expected
+    assert plan.by_pairs == antithetic
+
+
+_PLAN = mls.transform._Plan
+_MESH_SHARDING = object()  # only whether there is a mesh counts
+
+
+@pytest.mark.parametrize(
+    ("num_candidates", "dim", "backend", "auto", "chunk_size", "antithetic", "mesh", "expected"),
+    [
+        # Small CPU steps: all at once, written out, one vmap.
+        (16, 10_000, "cpu", False, None, False, False, _PLAN(16, False, False, True)),
+        (16, 10_000, "cpu", True, None, False, False, _PLAN(16, False, False, True)),
+        # A fixed α at d = 10⁶: chunks of 1 in cache (one candidate at a time: no loop).
+        (16, 1_000_000, "cpu", False, None, False, False, _PLAN(1, False, False, True)),
+        (16, 1_000_000, "cpu", False, "auto", False, False, _PLAN(1, False, False, True)),
+        # An automatic α keeps all n, drawn one by one at this size; so does chunk_size=n.
+        (16, 1_000_000, "cpu", True, None, False, False, _PLAN(16, False, True, True)),
+        (16, 1_000_000, "cpu", False, 16, False, False, _PLAN(16, False, True, True)),
+        (16, 1_000_000, "cpu", True, 8, False, False, _PLAN(8, False, True, True)),
+        # Below 2²¹ entries drawn at once, or 2¹⁸ parameters, one vmap.
+        (4, 300_000, "cpu", True, None, False, False, _PLAN(4, False, False, True)),
+        (64, 100_000, "cpu", True, None, False, False, _PLAN(64, False, False, True)),
+        # Antithetic pairs are drawn together, with one vmap.
+        (16, 1_000_000, "cpu", False, None, True, False, _PLAN(2, True, False, True)),
+        (16, 1_000_000, "cpu", True, None, True, False, _PLAN(16, True, False, True)),
+        (16, 1_000_000, "cpu", True, 3, True, False, _PLAN(3, False, True, True)),
+        # A mesh keeps the chunk and the vmap, and splits antithetic pairs.
+        (16, 1_000_000, "cpu", False, None, True, True, _PLAN(16, False, False, True)),
+        # Other backends: jax's draw, one vmap, the given chunk.
+        (16, 1_000_000, "gpu", False, None, False, False, _PLAN(16, False, False, False)),
+        (16, 1_000_000, "tpu", True, 4, True, False, _PLAN(4, True, False, False)),
+        (16, 1_000_000, "gpu", False, "auto", False, False, _PLAN(16, False, False, False)),
+    ],
+)
+def test_execution_plan(num_candidates, dim, backend, auto, chunk_size, antithetic, mesh, expected):
+    params = {"w": jax.ShapeDtypeStruct((dim - 10,), jnp.float32), "b": jnp.zeros(10)}
+    sharding = _MESH_SHARDING if mesh else None
+    plan = mls.transform._execution_plan(
+        num_candidates, params, backend, auto, chunk_size, 2**30, antithetic, sharding
+    )
+    assert plan == expected
+
+
+def test_execution_plan_with_auto_chunk_size_fits_the_memory_budget():
+    params = jax.ShapeDtypeStruct((1_000_000,), jnp.float32)
+    plan = mls.transform._execution_plan(
+        16, params, "gpu", True, "auto", 5 * 4_000_000, False, None
+    )
+    assert plan.chunk == 5
 
 
 @pytest.mark.parametrize(
@@ -464,7 +518,8 @@ def test_written_out_threefry_leaves_the_step_unchanged(kwargs):
     guide = jax.grad(mle_loss)(params, x, y)
 
     def run(written_out):
-        tx = mls.transform._mgs_with(written_out, num_candidates=8, sigma=0.3, **kwargs)
+        plan = {"written_out_draw": written_out}
+        tx = mls.transform._mgs_with(plan, num_candidates=8, sigma=0.3, **kwargs)
         return _unwrap(_step(tx, guide, params, error_rate, x=x, y=y))
 
     chex.assert_trees_all_close(run(True), run(False), rtol=1e-5, atol=1e-6)
@@ -473,7 +528,7 @@ def test_written_out_threefry_leaves_the_step_unchanged(kwargs):
 @pytest.mark.parametrize(
     ("antithetic", "chunk_size"), [(False, None), (False, 3), (False, 4), (True, 3)]
 )
-def test_candidates_drawn_one_by_one_give_the_same_step(monkeypatch, antithetic, chunk_size):
+def test_candidates_drawn_one_by_one_give_the_same_step(antithetic, chunk_size):
     # Large draws on CPU go through a loop, one candidate at a time, instead of one vmap: the
     # same candidates, losses and update. (Antithetic pairs, drawn together where a chunk holds
     # whole pairs, keep the vmap; with an odd chunk each candidate draws its own copy.)
@@ -481,18 +536,22 @@ def test_candidates_drawn_one_by_one_give_the_same_step(monkeypatch, antithetic,
     guide = jax.tree.map(lambda p: 0.1 * p, params)
     loss = lambda p: jnp.mean(jnp.sin(3 * p["w"])) + jnp.sum(p["b"] ** 2)
 
-    def run():
-        tx = mls.mgs(num_candidates=8, sigma=0.2, antithetic=antithetic, chunk_size=chunk_size)
+    def run(one_by_one):
+        tx = mls.transform._mgs_with(
+            {"draw_one_by_one": one_by_one},
+            num_candidates=8,
+            sigma=0.2,
+            antithetic=antithetic,
+            chunk_size=chunk_size,
+        )
         jaxpr = jax.make_jaxpr(lambda g, s: tx.update(g, s, params, task_loss_fn=loss))(
             guide, tx.init(params)
         )
         loops = str(jaxpr).count("while[") + str(jaxpr).count("scan[")
         return _step(tx, guide, params, loss), loops
 
-    (vmapped, state), vmapped_loops = run()
-    monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_SIZE", 0)
-    monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_ENTRIES", 0)
-    (one_by_one, one_by_one_state), one_by_one_loops = run()
+    (vmapped, state), vmapped_loops = run(False)
+    (one_by_one, one_by_one_state), one_by_one_loops = run(True)
     assert one_by_one_loops > vmapped_loops
     chex.assert_trees_all_close(one_by_one, vmapped, atol=1e-7)
     chex.assert_trees_all_close(one_by_one_state.info, state.info, atol=1e-7)
@@ -512,15 +571,19 @@ def _equations(jaxpr, inside_loop=False):
 
 
 @pytest.mark.parametrize("one_by_one", [False, True])
-def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop(monkeypatch, one_by_one):
+def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop(one_by_one):
     # A reduce over a broadcast [chunk, d] product runs single-threaded on XLA:CPU; a dot does not.
     # Read from the step's jaxpr (what mgs asks of XLA), not from XLA's text.
-    if one_by_one:
-        monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_SIZE", 0)
-        monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_ENTRIES", 0)
     params = {"w": jnp.ones((1000,))}
     guide = {"w": jnp.full((1000,), 0.01)}
-    tx = mls.mgs(num_candidates=16, sigma=0.01, weighting="tilted", chunk_size=8, key=0)
+    tx = mls.transform._mgs_with(
+        {"draw_one_by_one": one_by_one},
+        num_candidates=16,
+        sigma=0.01,
+        weighting="tilted",
+        chunk_size=8,
+        key=0,
+    )
     step = lambda u, s: tx.update(u, s, params, task_loss_fn=lambda q: jnp.sum(q["w"]))
     jaxpr = jax.make_jaxpr(step)(guide, tx.init(params)).jaxpr
     in_loops = [eqn for eqn, inside_loop in _equations(jaxpr) if inside_loop]
@@ -820,7 +883,10 @@ def test_antithetic_pairs_draw_their_noise_once(chunk_size, written_out):
 
     def bits(antithetic):
         tx = mls.transform._mgs_with(
-            written_out, num_candidates=8, antithetic=antithetic, chunk_size=chunk_size
+            {"written_out_draw": written_out},
+            num_candidates=8,
+            antithetic=antithetic,
+            chunk_size=chunk_size,
         )
         jaxpr = jax.make_jaxpr(
             lambda g, s: tx.update(g, s, params, task_loss_fn=lambda p: jnp.sum(p["w"]))
