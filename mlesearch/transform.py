@@ -187,11 +187,6 @@ def _constrain(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
     )
 
 
-def _draw_chunk(draw: Callable[[jax.Array], Any], indices: jax.Array, one_by_one: bool) -> Any:
-    """``draw`` at each of ``indices``, stacked: with one vmap, or in a loop if ``one_by_one``."""
-    return jax.lax.map(draw, indices) if one_by_one else jax.vmap(draw)(indices)
-
-
 def _scan_over_chunks(
     body: Callable[[Any, jax.Array], tuple[Any, Any]],
     carry: Any,
@@ -228,18 +223,16 @@ def _sum_over_candidates(
     chunk_size: int,
     sharding: jax.sharding.NamedSharding | None = None,
     group: int = 1,
-    one_by_one: bool = False,
 ) -> Any:
     """Computes Σᵢ wᵢ draw(i) over candidates, with at most ``chunk_size`` of them live at once.
 
-    Each chunk's candidates are drawn with one vmap (or one by one in a loop, if
-    ``one_by_one``) and summed with one dot per leaf (`_weighted_sum`): a reduce over a
-    broadcast [chunk, d] product inside the loop body runs single-threaded on XLA:CPU and made
-    chunked steps several times slower. With ``sharding``, each chunk's candidates are split
-    over its devices. ``like`` (the guide) gives the float32 zeros that the sum starts from and,
-    over an Explicit mesh, the sharding of each leaf. With ``group`` > 1 (a divisor of n and of
-    ``chunk_size``), ``draw(j)`` returns candidates ``group·j .. group·j + group - 1`` stacked
-    on a leading axis (antithetic pairs: 2).
+    Each chunk's candidates are drawn with one vmap and summed with one dot per leaf
+    (`_weighted_sum`): a reduce over a broadcast [chunk, d] product inside the loop body runs
+    single-threaded on XLA:CPU and made chunked steps several times slower. With ``sharding``,
+    each chunk's candidates are split over its devices. ``like`` (the guide) gives the float32
+    zeros that the sum starts from and, over an Explicit mesh, the sharding of each leaf. With
+    ``group`` > 1 (a divisor of n and of ``chunk_size``), ``draw(j)`` returns candidates
+    ``group·j .. group·j + group - 1`` stacked on a leading axis (antithetic pairs: 2).
     """
     num_candidates = weights.shape[0] // group
     chunk_size = chunk_size // group
@@ -249,7 +242,7 @@ def _sum_over_candidates(
     def chunk_sum(chunk_indices: jax.Array, chunk_weights: jax.Array) -> Any:
         chunk_indices = _constrain(chunk_indices, sharding)
         chunk_weights = _constrain(chunk_weights, sharding)
-        deltas = _constrain(_draw_chunk(draw, chunk_indices, one_by_one), sharding)
+        deltas = _constrain(jax.vmap(draw)(chunk_indices), sharding)
         if group > 1:
             deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), deltas)
             chunk_weights = chunk_weights.reshape(-1)
@@ -316,15 +309,11 @@ class _Plan(NamedTuple):
 
     chunk: int  # candidates drawn and evaluated at once; n when not chunked.
     by_pairs: bool  # antithetic pairs drawn together, from one noise draw.
-    draw_one_by_one: bool  # each chunk's noise drawn in a loop rather than with one vmap.
     written_out_draw: bool  # normals through `_threefry` rather than jax.random.normal.
 
 
-# The CPU rules of `_execution_plan`: cache-sized chunks of at most this many bytes of
-# perturbations, and draws one by one from this many parameters and this many entries in all.
+# The cache-sized chunks of `_execution_plan` hold at most this many bytes of perturbations.
 _CPU_CHUNK_BYTES = 2**22
-_SEQUENTIAL_DRAW_MIN_SIZE = 2**18
-_SEQUENTIAL_DRAW_MIN_ENTRIES = 2**21
 
 
 def _execution_plan(
@@ -342,9 +331,9 @@ def _execution_plan(
     Every path gives the same candidates, bit for bit, and the same update up to the order of
     floating-point sums. The chunk is ``chunk_size``'s: n for None, `auto_chunk_size` for
     ``"auto"``, else the given one. Antithetic pairs are drawn together where no mesh splits
-    them and every chunk holds whole pairs. On CPU three speed rules follow, each kept for a gain
-    in interleaved benchmarks (paired ratios; figures in docs/performance.md, runs in
-    docs/benchmark_log.md):
+    them and every chunk holds whole pairs. On CPU two speed rules follow, each kept for a gain of
+    more than 15 % in several cells of interleaved benchmarks (paired ratios; figures in
+    docs/performance.md, runs in docs/benchmark_log.md):
 
     - written-out draw: normals from `_threefry`, for any size: `speed.py`'s MLP steps took
       0.45-0.90 of their time with jax's draw (`benchmarks/draws.py`, d = 10⁴ to 10⁶, n = 16
@@ -357,12 +346,10 @@ def _execution_plan(
       d = 10⁶ with n = 4 to 32, the LM with n = 16 and 32); no gain below (d = 10⁴, n = 32;
       d = 10⁵, n = 4). With ``temperature="auto"`` (chunks drawn twice) it was mixed, 0.86 to
       1.27, so that step keeps its chunk.
-    - draws one by one: without a mesh, from ``_SEQUENTIAL_DRAW_MIN_SIZE`` parameters and
-      ``_SEQUENTIAL_DRAW_MIN_ENTRIES`` entries drawn at once, the noise of a chunk is drawn in a
-      loop (`jax.lax.map`) rather than with one vmap; not for antithetic pairs, which were
-      slower in the loop.
 
-    Other backends keep jax's draw, one vmap and the given chunk (not measured there).
+    Candidates are drawn with one vmap everywhere: a loop over large draws on CPU, once 0.66-0.70
+    of the vmap's time with jax's draw, timed alike with the written-out one (0.96-1.04 at
+    d = 3 · 10⁵ and 10⁶). Other backends keep jax's draw and the given chunk (not measured there).
 
     Args:
       num_candidates: n.
@@ -391,17 +378,7 @@ def _execution_plan(
             cache_chunk = 1 << (fits.bit_length() - 1)  # the largest power of two that fits
             chunk = min(chunk, max(cache_chunk, 2 if antithetic else 1))
     by_pairs = antithetic and sharding is None and chunk % 2 == 0
-    size = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(params))
-    drawn_at_once = min(chunk, num_candidates)
-    one_by_one = (
-        cpu
-        and not by_pairs
-        and sharding is None
-        and drawn_at_once > 1
-        and size >= _SEQUENTIAL_DRAW_MIN_SIZE
-        and size * drawn_at_once >= _SEQUENTIAL_DRAW_MIN_ENTRIES
-    )
-    return _Plan(chunk=chunk, by_pairs=by_pairs, draw_one_by_one=one_by_one, written_out_draw=cpu)
+    return _Plan(chunk=chunk, by_pairs=by_pairs, written_out_draw=cpu)
 
 
 class _Settings(NamedTuple):
@@ -539,7 +516,6 @@ def _evaluate_candidates(
     chunk: int,
     sharding: jax.sharding.NamedSharding | None,
     draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
-    one_by_one: bool = False,
     running_mean: Callable[[Any, jax.Array, jax.Array, Any], Any] | None = None,
     start: Any = None,
 ) -> tuple[jax.Array, jax.Array, Any, Any]:
@@ -555,9 +531,6 @@ def _evaluate_candidates(
         from one noise draw, or None. When given, candidates are drawn by pairs (n / 2 noise
         draws), ``chunk / 2`` pairs at a time; the caller passes it only without a mesh and with
         an even chunk.
-      one_by_one: draw the candidates (each chunk's, when chunked) one by one in a loop, then
-        evaluate them with one vmap, instead of drawing them with one vmap; not with
-        ``draw_pair``.
       running_mean: when chunked, ``(state, losses, log_q, deltas) -> state``, folding each
         chunk into a running weighted mean as soon as it is evaluated (the weights' temperature
         is then known before the losses are), or None.
@@ -579,7 +552,7 @@ def _evaluate_candidates(
             members = 2 * chunk_indices[:, None] + jnp.arange(2, dtype=jnp.int32)
             return deltas, jax.vmap(loss_at)(members.reshape(-1), deltas), log_q.reshape(-1)
         placed = _constrain(chunk_indices, sharding)
-        deltas, log_q = _constrain(_draw_chunk(draw, placed, one_by_one), sharding)
+        deltas, log_q = _constrain(jax.vmap(draw)(placed), sharding)
         losses = _constrain(jax.vmap(loss_at)(placed, deltas), sharding)
         return deltas, losses, log_q
 
@@ -587,8 +560,7 @@ def _evaluate_candidates(
     indices = jnp.arange(num_candidates // group, dtype=jnp.int32)
     if chunk >= num_candidates:
         # All at once: draw them once, keep them for the weighted sum, and evaluate them with
-        # one vmap (XLA runs loop bodies with less parallelism than top-level code); only large
-        # draws on CPU go through a loop (`_execution_plan`).
+        # one vmap (XLA runs loop bodies with less parallelism than top-level code).
         deltas, losses, log_q = evaluate(indices)
         return losses, log_q, deltas, None
 
@@ -610,16 +582,13 @@ def _weighted_mean(
     chunk: int,
     sharding: jax.sharding.NamedSharding | None,
     draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
-    one_by_one: bool = False,
 ) -> Any:
     """Σᵢ wᵢ Δᵢ in float32: from the kept ``deltas``, or drawn again chunk by chunk if None."""
     if deltas is not None:
         return _weighted_sum(weights, deltas, like, sharding)
     if draw_pair is not None:
         return _sum_over_candidates(lambda j: draw_pair(j)[0], weights, like, chunk, group=2)
-    return _sum_over_candidates(
-        lambda i: draw(i)[0], weights, like, chunk, sharding, one_by_one=one_by_one
-    )
+    return _sum_over_candidates(lambda i: draw(i)[0], weights, like, chunk, sharding)
 
 
 def _step(
@@ -680,7 +649,6 @@ def _step(
 
     chunk = plan.chunk
     pairs = draw_pair if plan.by_pairs else None
-    one_by_one = plan.draw_one_by_one
     fixed_alpha = not isinstance(settings.temperature, str)
     alpha = None
     if fixed_alpha:
@@ -707,7 +675,6 @@ def _step(
         chunk,
         sharding,
         pairs,
-        one_by_one,
         running_mean,
         start,
     )
@@ -725,9 +692,7 @@ def _step(
     if running is not None:
         mean_delta = running.mean
     else:
-        mean_delta = _weighted_mean(
-            weights, deltas, draw, guide, chunk, sharding, pairs, one_by_one
-        )
+        mean_delta = _weighted_mean(weights, deltas, draw, guide, chunk, sharding, pairs)
     # A traced σ that is not positive searches nothing: the update is the guide (zeros if it
     # is not finite, so that nothing non-finite reaches the update).
     searching = jnp.asarray(settings.sigma, jnp.float32) > 0

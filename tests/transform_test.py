@@ -426,29 +426,29 @@ _MESH_SHARDING = object()  # only whether there is a mesh counts
 @pytest.mark.parametrize(
     ("num_candidates", "dim", "backend", "auto", "chunk_size", "antithetic", "mesh", "expected"),
     [
-        # Small CPU steps: all at once, written out, one vmap.
-        (16, 10_000, "cpu", False, None, False, False, _PLAN(16, False, False, True)),
-        (16, 10_000, "cpu", True, None, False, False, _PLAN(16, False, False, True)),
-        # A fixed α at d = 10⁶: chunks of 1 in cache (one candidate at a time: no loop).
-        (16, 1_000_000, "cpu", False, None, False, False, _PLAN(1, False, False, True)),
-        (16, 1_000_000, "cpu", False, "auto", False, False, _PLAN(1, False, False, True)),
-        # An automatic α keeps all n, drawn one by one at this size; so does chunk_size=n.
-        (16, 1_000_000, "cpu", True, None, False, False, _PLAN(16, False, True, True)),
-        (16, 1_000_000, "cpu", False, 16, False, False, _PLAN(16, False, True, True)),
-        (16, 1_000_000, "cpu", True, 8, False, False, _PLAN(8, False, True, True)),
-        # Below 2²¹ entries drawn at once, or 2¹⁸ parameters, one vmap.
-        (4, 300_000, "cpu", True, None, False, False, _PLAN(4, False, False, True)),
-        (64, 100_000, "cpu", True, None, False, False, _PLAN(64, False, False, True)),
-        # Antithetic pairs are drawn together, with one vmap.
-        (16, 1_000_000, "cpu", False, None, True, False, _PLAN(2, True, False, True)),
-        (16, 1_000_000, "cpu", True, None, True, False, _PLAN(16, True, False, True)),
-        (16, 1_000_000, "cpu", True, 3, True, False, _PLAN(3, False, True, True)),
-        # A mesh keeps the chunk and the vmap, and splits antithetic pairs.
-        (16, 1_000_000, "cpu", False, None, True, True, _PLAN(16, False, False, True)),
-        # Other backends: jax's draw, one vmap, the given chunk.
-        (16, 1_000_000, "gpu", False, None, False, False, _PLAN(16, False, False, False)),
-        (16, 1_000_000, "tpu", True, 4, True, False, _PLAN(4, True, False, False)),
-        (16, 1_000_000, "gpu", False, "auto", False, False, _PLAN(16, False, False, False)),
+        # Small CPU steps: all at once, written out.
+        (16, 10_000, "cpu", False, None, False, False, _PLAN(16, False, True)),
+        (16, 10_000, "cpu", True, None, False, False, _PLAN(16, False, True)),
+        # A fixed α at d = 10⁶: chunks of 1, in cache.
+        (16, 1_000_000, "cpu", False, None, False, False, _PLAN(1, False, True)),
+        (16, 1_000_000, "cpu", False, "auto", False, False, _PLAN(1, False, True)),
+        # An automatic α keeps all n, as does an explicit chunk_size.
+        (16, 1_000_000, "cpu", True, None, False, False, _PLAN(16, False, True)),
+        (16, 1_000_000, "cpu", False, 16, False, False, _PLAN(16, False, True)),
+        (16, 1_000_000, "cpu", True, 8, False, False, _PLAN(8, False, True)),
+        # Below 4 MiB of perturbations no chunks; with an automatic α none at any size.
+        (4, 100_000, "cpu", False, None, False, False, _PLAN(4, False, True)),
+        (64, 100_000, "cpu", True, None, False, False, _PLAN(64, False, True)),
+        # Antithetic pairs are drawn together where every chunk holds whole pairs.
+        (16, 1_000_000, "cpu", False, None, True, False, _PLAN(2, True, True)),
+        (16, 1_000_000, "cpu", True, None, True, False, _PLAN(16, True, True)),
+        (16, 1_000_000, "cpu", True, 3, True, False, _PLAN(3, False, True)),
+        # A mesh keeps the chunk and splits antithetic pairs.
+        (16, 1_000_000, "cpu", False, None, True, True, _PLAN(16, False, True)),
+        # Other backends: jax's draw and the given chunk.
+        (16, 1_000_000, "gpu", False, None, False, False, _PLAN(16, False, False)),
+        (16, 1_000_000, "tpu", True, 4, True, False, _PLAN(4, True, False)),
+        (16, 1_000_000, "gpu", False, "auto", False, False, _PLAN(16, False, False)),
     ],
 )
 def test_execution_plan(num_candidates, dim, backend, auto, chunk_size, antithetic, mesh, expected):
@@ -525,38 +525,6 @@ def test_written_out_threefry_leaves_the_step_unchanged(kwargs):
     chex.assert_trees_all_close(run(True), run(False), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("antithetic", "chunk_size"), [(False, None), (False, 3), (False, 4), (True, 3)]
-)
-def test_candidates_drawn_one_by_one_give_the_same_step(antithetic, chunk_size):
-    # Large draws on CPU go through a loop, one candidate at a time, instead of one vmap: the
-    # same candidates, losses and update. (Antithetic pairs, drawn together where a chunk holds
-    # whole pairs, keep the vmap; with an odd chunk each candidate draws its own copy.)
-    params = {"w": jnp.linspace(-1.0, 1.0, 40).reshape(8, 5), "b": jnp.ones(3)}
-    guide = jax.tree.map(lambda p: 0.1 * p, params)
-    loss = lambda p: jnp.mean(jnp.sin(3 * p["w"])) + jnp.sum(p["b"] ** 2)
-
-    def run(one_by_one):
-        tx = mls.transform._mgs_with(
-            {"draw_one_by_one": one_by_one},
-            num_candidates=8,
-            sigma=0.2,
-            antithetic=antithetic,
-            chunk_size=chunk_size,
-        )
-        jaxpr = jax.make_jaxpr(lambda g, s: tx.update(g, s, params, task_loss_fn=loss))(
-            guide, tx.init(params)
-        )
-        loops = str(jaxpr).count("while[") + str(jaxpr).count("scan[")
-        return _step(tx, guide, params, loss), loops
-
-    (vmapped, state), vmapped_loops = run(False)
-    (one_by_one, one_by_one_state), one_by_one_loops = run(True)
-    assert one_by_one_loops > vmapped_loops
-    chex.assert_trees_all_close(one_by_one, vmapped, atol=1e-7)
-    chex.assert_trees_all_close(one_by_one_state.info, state.info, atol=1e-7)
-
-
 def _equations(jaxpr, inside_loop=False):
     """(equation, inside a loop body) for every equation of a jaxpr and of its sub-jaxprs."""
     for eqn in jaxpr.eqns:
@@ -570,20 +538,12 @@ def _equations(jaxpr, inside_loop=False):
                     yield from _equations(sub, loop)
 
 
-@pytest.mark.parametrize("one_by_one", [False, True])
-def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop(one_by_one):
+def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop():
     # A reduce over a broadcast [chunk, d] product runs single-threaded on XLA:CPU; a dot does not.
     # Read from the step's jaxpr (what mgs asks of XLA), not from XLA's text.
     params = {"w": jnp.ones((1000,))}
     guide = {"w": jnp.full((1000,), 0.01)}
-    tx = mls.transform._mgs_with(
-        {"draw_one_by_one": one_by_one},
-        num_candidates=16,
-        sigma=0.01,
-        weighting="tilted",
-        chunk_size=8,
-        key=0,
-    )
+    tx = mls.mgs(num_candidates=16, sigma=0.01, weighting="tilted", chunk_size=8, key=0)
     step = lambda u, s: tx.update(u, s, params, task_loss_fn=lambda q: jnp.sum(q["w"]))
     jaxpr = jax.make_jaxpr(step)(guide, tx.init(params)).jaxpr
     in_loops = [eqn for eqn, inside_loop in _equations(jaxpr) if inside_loop]
