@@ -11,8 +11,8 @@ jax's) with their interquartile range and the load average:
     n draws of d normals, one per key, under one vmap (as a step draws its candidates);
   - ``mgs``, ``mgs_all_at_once``, ``mgs_antithetic`` and ``with_mgs``: the steps of
     ``speed.py`` on its MLP, each compiled twice, with the written-out draw and with jax's
-    (``_threefry.WRITTEN_OUT`` off). Each pair must give the same update up to the order
-    of floating-point sums, which the script checks.
+    (``written_out_draw`` of ``mlesearch.transform._mgs_with``'s plan). Each pair must give the
+    same update up to the order of floating-point sums, which the script checks.
 
 Usage::
 
@@ -46,11 +46,11 @@ def _draws(n: int, d: int) -> dict[str, Callable[[], Any]]:
     length = n * d + (n * d) % 2
     words = jax.jit(lambda k: _threefry.threefry_words(jax.random.key_data(k), length))
     bits = jax.jit(lambda k: jax.random.bits(k, (length,)))
-    normals = jax.jit(lambda k: _threefry.standard_normal(k, length))
+    normals = jax.jit(lambda k: _threefry.standard_normal(k, length, written_out=True))
     jax_normals = jax.jit(lambda k: jax.random.normal(k, (length,)))
     keys = jax.random.split(key, n)
     row = d + d % 2
-    rows = jax.jit(jax.vmap(lambda k: _threefry.standard_normal(k, row)))
+    rows = jax.jit(jax.vmap(lambda k: _threefry.standard_normal(k, row, written_out=True)))
     jax_rows = jax.jit(jax.vmap(lambda k: jax.random.normal(k, (row,))))
     if not bool(jnp.all(words(key) == bits(key))):
         raise AssertionError("the written-out threefry gave other bits than jax.random.bits")
@@ -72,39 +72,46 @@ def _steps(n: int, d: int) -> dict[str, Callable[[], Any]]:
     def routed(p, data):
         return task_loss(p, *data)
 
-    def transforms() -> dict[str, optax.GradientTransformation]:
+    def transforms(written_out: bool) -> dict[str, optax.GradientTransformation]:
         sgd = optax.sgd(1e-3)
+
+        def search(**kwargs: Any) -> optax.GradientTransformation:
+            plan = {"written_out_draw": written_out}
+            return mls.transform._mgs_with(plan, num_candidates=n, key=0, **kwargs)
+
+        # with_mgs's chain (mlesearch/recipes.py) at its defaults, around a search whose draw
+        # is chosen here.
+        with_mgs = optax.chain(
+            optax.clip_by_global_norm(1.0),
+            optax.scale(-0.1),
+            search(temperature="auto", weighting="tilted", noise="relative"),
+            optax.scale(-1.0 / 0.1),
+            optax.clip_by_global_norm(1.0),
+            optax.adam(1e-3),
+        )
         return {
-            "mgs": optax.chain(sgd, mls.mgs(num_candidates=n, sigma=1e-2, key=0)),
-            "mgs_all_at_once": optax.chain(
-                sgd, mls.mgs(num_candidates=n, sigma=1e-2, key=0, chunk_size=n)
-            ),
-            "mgs_antithetic": optax.chain(
-                sgd, mls.mgs(num_candidates=n, sigma=1e-2, key=0, antithetic=True)
-            ),
-            "with_mgs": mls.with_mgs(optax.adam(1e-3), num_candidates=n, key=0),
+            "mgs": optax.chain(sgd, search(sigma=1e-2)),
+            "mgs_all_at_once": optax.chain(sgd, search(sigma=1e-2, chunk_size=n)),
+            "mgs_antithetic": optax.chain(sgd, search(sigma=1e-2, antithetic=True)),
+            "with_mgs": with_mgs,
         }
 
     steps, updates = {}, {}
-    try:
-        for suffix, written_out in (("", True), (" jax", False)):
-            _threefry.WRITTEN_OUT = written_out  # read when a step is traced
-            for name, tx in transforms().items():
+    for suffix, written_out in (("", True), (" jax", False)):
+        for name, tx in transforms(written_out).items():
 
-                @jax.jit
-                def step(p, state, data, tx=tx):
-                    g = grad_fn(p, *data)
-                    u, state = tx.update(g, state, p, task_loss_fn=routed, data=data)
-                    return optax.apply_updates(p, u), state
+            @jax.jit
+            def step(p, state, data, tx=tx):
+                g = grad_fn(p, *data)
+                u, state = tx.update(g, state, p, task_loss_fn=routed, data=data)
+                return optax.apply_updates(p, u), state
 
-                state = tx.init(params)
-                run = lambda step=step, state=state: step(params, state, data)  # noqa: E731
-                warm_up(run)  # compiles, with this draw
-                steps[name + suffix] = run
-                updates[name + suffix] = run()[0]
-    finally:
-        _threefry.WRITTEN_OUT = True
-    for name in transforms():
+            state = tx.init(params)
+            run = lambda step=step, state=state: step(params, state, data)  # noqa: E731
+            warm_up(run)  # compiles, with this draw
+            steps[name + suffix] = run
+            updates[name + suffix] = run()[0]
+    for name in transforms(True):
         for ours, theirs in zip(
             jax.tree.leaves(updates[name]), jax.tree.leaves(updates[name + " jax"]), strict=True
         ):

@@ -1,9 +1,10 @@
 """jax's threefry normals on CPU, drawn in one pass and stored once: a private speed-up.
 
-``standard_normal(key, length)`` returns ``jax.random.normal(key, (length,), jnp.float32)`` bit
-for bit. On CPU, for jax's default threefry keys with the partitionable counter layout
-(``jax_threefry_partitionable``, jax's default), it draws them itself, because of two things
-XLA:CPU does with jax's own draw (jax 0.10-0.12):
+``standard_normal(key, length, written_out=...)`` returns ``jax.random.normal(key, (length,),
+jnp.float32)`` bit for bit. With ``written_out`` (which `mlesearch.transform` sets on CPU), for
+jax's default threefry keys with the partitionable counter layout (``jax_threefry_partitionable``,
+jax's default), it draws them itself, because of two things XLA:CPU does with jax's own draw
+(jax 0.10-0.12):
 
 - jax lowers the threefry-2x32 hash as a rolled loop of five passes over the draw; written out
   here (`threefry_words`), its 20 rounds fuse into one elementwise pass;
@@ -19,8 +20,10 @@ Everything here copies jax's private layout: the counter pair (0, i) per word wi
 output words xor-ed, and the uniform-to-normal construction of ``jax.random.normal``. The tests
 compare the bits with ``jax.random.bits`` and the normals with ``jax.random.normal`` (typed,
 raw and folded keys, under jit and vmap), so a jax release that changes either fails them, and
-`usable_key_words` falls back to jax's draw for any key, backend or layout it does not recognise.
-``WRITTEN_OUT`` turns the speed-up off; tests and ``benchmarks/draws.py`` use it to compare.
+`usable_key_words` falls back to jax's draw for any key or layout it does not recognise. Whether
+to write the draw out at all is the caller's choice, an argument of every function that draws
+(traced with the step, not read from a setting): tests and ``benchmarks/draws.py`` pass it both
+ways to compare.
 
 References:
   [1] Salmon, Moraes, Dror & Shaw, *Parallel random numbers: as easy as 1, 2, 3*, SC 2011 (the
@@ -35,11 +38,6 @@ import numpy as np
 
 # The threefry-2x32 rotations, in the two alternating groups of four rounds [1].
 ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-# Whether CPU draws go through `threefry_normals` (see the module docstring). In
-# `benchmarks/draws.py`, `speed.py`'s MLP steps took 0.45-0.90 of their time with jax's draw
-# (d = 10⁴ to 10⁶, n = 16 and 32); in scratch runs, steps at d = 10² to 3 · 10³ took 0.58-0.91,
-# so there is no threshold. Tests and `benchmarks/draws.py` turn it off to compare.
-WRITTEN_OUT = True
 
 
 def threefry_words(key_words: jax.Array, length: int) -> jax.Array:
@@ -116,17 +114,11 @@ def threefry_normals(key_words: jax.Array, length: int) -> jax.Array:
 
 
 def usable_key_words(key: jax.Array, length: int) -> jax.Array | None:
-    """The key's uint32[2] data where `threefry_normals` makes the draw, else None.
+    """The key's uint32[2] data where `threefry_normals` can make the draw, else None.
 
-    On CPU, for a threefry key with jax's partitionable stream and an even length below 2³².
+    For a threefry key with jax's partitionable stream and an even length below 2³².
     """
-    if (
-        not WRITTEN_OUT
-        or jax.default_backend() != "cpu"
-        or not jax.config.jax_threefry_partitionable
-        or not 0 < length < 2**32
-        or length % 2
-    ):
+    if not jax.config.jax_threefry_partitionable or not 0 < length < 2**32 or length % 2:
         return None
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
@@ -137,22 +129,26 @@ def usable_key_words(key: jax.Array, length: int) -> jax.Array | None:
     return key.astype(jnp.uint32)
 
 
-def standard_normal(key: jax.Array, length: int) -> jax.Array:
+def standard_normal(key: jax.Array, length: int, *, written_out: bool) -> jax.Array:
     """``jax.random.normal(key, (length,), jnp.float32)``, bit for bit; faster on CPU.
 
-    Where `usable_key_words` allows it (CPU, a threefry key, an even length), the draw goes
-    through `threefry_normals`. Under ``jax.vmap`` over keys, it draws for all the keys at once
-    (a custom batching rule), so that the normals of all of them are stored once: a batched
-    predicate would turn the cond into a select, which XLA fuses into the consumers again.
+    With ``written_out``, where `usable_key_words` allows it (a threefry key, an even length),
+    the draw goes through `threefry_normals`. Under ``jax.vmap`` over keys, it draws for all
+    the keys at once (a custom batching rule), so that the normals of all of them are stored
+    once: a batched predicate would turn the cond into a select, which XLA fuses into the
+    consumers again.
 
     Args:
       key: a typed key or a raw ``PRNGKey``.
       length: how many normals.
+      written_out: whether to write the draw out where the key allows it (a static bool, which
+        the caller chooses for the backend: `mlesearch.mgs` on CPU); else, or where
+        it does not, the draw is ``jax.random.normal``'s.
 
     Returns:
       float32[length].
     """
-    words = usable_key_words(key, length)
+    words = usable_key_words(key, length) if written_out else None
     if words is None:
         return jax.random.normal(key, (length,), jnp.float32)
 

@@ -131,7 +131,16 @@ def proposal_scales(guide: chex.ArrayTree, sigma: chex.Numeric, noise: str = "ab
     return jax.tree.map(relative, guide)
 
 
-def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree) -> Any:
+def _written_out_by_default() -> bool:
+    """Whether the public samplers write their draws out (`_threefry`): on CPU, as `mgs` does.
+
+    The same normals either way, bit for bit; on CPU the written-out draw is faster (the
+    figures are beside the rule with which `mlesearch.transform` decides it for a step).
+    """
+    return jax.default_backend() == "cpu"
+
+
+def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree, *, written_out: bool) -> Any:
     """Float32 standard normal noise shaped like ``tree``, from one draw for all leaves.
 
     One draw rather than one per leaf: each random draw site compiles to its own copy of the
@@ -140,12 +149,13 @@ def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree) -> Any:
     its bits in pairs, and on XLA:CPU an odd-length draw took 4 to 8 times as long as an even
     one of about the same length (``jax.random.normal`` of 99,985 against 99,986 entries). With
     ``jax_threefry_partitionable`` (jax's default) the first entries of the longer draw are the
-    shorter draw's, bit for bit.
+    shorter draw's, bit for bit. ``written_out`` goes to `_threefry.standard_normal`: the same
+    normals either way.
     """
     leaves, treedef = jax.tree.flatten(tree)
     sizes = [math.prod(jnp.shape(leaf)) for leaf in leaves]
     total = sum(sizes)
-    flat = _threefry.standard_normal(key, total + total % 2)
+    flat = _threefry.standard_normal(key, total + total % 2, written_out=written_out)
     offsets = list(itertools.accumulate(sizes, initial=0))[:-1]
     parts = [
         jax.lax.slice_in_dim(flat, start, start + size).reshape(jnp.shape(leaf))
@@ -197,9 +207,15 @@ def _log_mixture(share: chex.Numeric, sq_zero: jax.Array, sq_guided: jax.Array) 
 
 
 def _candidate_noise(
-    key: jax.Array, index: chex.Numeric, guide: chex.ArrayTree, antithetic: bool
+    key: jax.Array,
+    index: chex.Numeric,
+    guide: chex.ArrayTree,
+    antithetic: bool,
+    *,
+    written_out: bool = False,
 ) -> tuple[Any, jax.Array]:
-    """The standard normal noise εᵢ of candidate ``index`` and its antithetic sign (±1)."""
+    """The standard normal noise εᵢ of candidate ``index`` and its antithetic sign (±1);
+    ``written_out`` as in `_standard_normal_like`."""
     index = jnp.asarray(index, jnp.int32)
     if antithetic:
         parity = index % 2
@@ -208,7 +224,10 @@ def _candidate_noise(
     else:
         noise_index = index
         sign = jnp.float32(1.0)
-    return _standard_normal_like(jax.random.fold_in(key, noise_index), guide), sign
+    noise = _standard_normal_like(
+        jax.random.fold_in(key, noise_index), guide, written_out=written_out
+    )
+    return noise, sign
 
 
 def _perturb(
@@ -247,7 +266,9 @@ def sample_candidate(
     Returns:
       :math:`\Delta_i`, a pytree with the structure and shapes of ``guide``, in float32.
     """
-    noise, sign = _candidate_noise(key, index, guide, antithetic)
+    noise, sign = _candidate_noise(
+        key, index, guide, antithetic, written_out=_written_out_by_default()
+    )
     is_guided = jnp.asarray(index, jnp.int32) >= num_zero_mean
     return jax.tree.map(
         lambda u, scale, eps: _perturb(u, scale, eps, sign, is_guided), guide, scales, noise
@@ -284,6 +305,8 @@ def _sample_candidate_and_log_q(
     zero_mean_share: chex.Numeric,
     antithetic: bool = False,
     params: chex.ArrayTree | None = None,
+    *,
+    written_out: bool = False,
 ) -> tuple[Any, jax.Array]:
     r"""Draws candidate ``index`` like :func:`sample_candidate`, with its log density under q
     less a constant that every candidate of the step shares.
@@ -320,6 +343,7 @@ def _sample_candidate_and_log_q(
       zero_mean_share: λ in [0, 1], the weight of the zero-mean component in q.
       antithetic: whether candidates come in antithetic pairs.
       params: θ, a pytree with the structure of ``guide``, or None (every leaf float32).
+      written_out: draw the noise through `_threefry` (as in `_standard_normal_like`).
 
     Returns:
       ``(delta, log_q)``: :math:`\Delta_i` (a float32 pytree shaped like ``guide``) and
@@ -329,7 +353,7 @@ def _sample_candidate_and_log_q(
     References:
       [3] Veach & Guibas 1995 (the mixture density of a stratified sample).
     """
-    noise, sign = _candidate_noise(key, index, guide, antithetic)
+    noise, sign = _candidate_noise(key, index, guide, antithetic, written_out=written_out)
     is_guided = jnp.asarray(index, jnp.int32) >= num_zero_mean
     return _perturbation_and_log_q(noise, sign, is_guided, guide, scales, zero_mean_share, params)
 
@@ -342,6 +366,8 @@ def _sample_antithetic_pair_and_log_q(
     num_zero_mean: int,
     zero_mean_share: chex.Numeric,
     params: chex.ArrayTree | None = None,
+    *,
+    written_out: bool = False,
 ) -> tuple[Any, jax.Array]:
     r"""Draws the antithetic candidates ``2 * pair`` and ``2 * pair + 1`` from one noise draw.
 
@@ -359,6 +385,7 @@ def _sample_antithetic_pair_and_log_q(
       num_zero_mean: k0, the number of zero-mean candidates (they come first); even.
       zero_mean_share: λ in [0, 1], the weight of the zero-mean component in q.
       params: θ, a pytree with the structure of ``guide``, or None (every leaf float32).
+      written_out: draw the noise through `_threefry` (as in `_standard_normal_like`).
 
     Returns:
       ``(deltas, log_q)``: the two perturbations, stacked (each leaf of shape
@@ -366,7 +393,7 @@ def _sample_antithetic_pair_and_log_q(
       ``(2,)``.
     """
     first = 2 * jnp.asarray(pair, jnp.int32)
-    noise, _ = _candidate_noise(key, first, guide, antithetic=True)
+    noise, _ = _candidate_noise(key, first, guide, True, written_out=written_out)
     is_guided = first >= num_zero_mean
     drawn = [
         _perturbation_and_log_q(

@@ -16,6 +16,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -186,38 +187,6 @@ def _constrain(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
     )
 
 
-# On CPU, large noise vectors drawn at once (n, or a chunk's) are drawn one after
-# another (`jax.lax.map`) rather than with one vmap over their keys, which XLA:CPU ran several
-# times slower per entry at these sizes: with at least this many parameters, and this many
-# entries in all. The candidates are the same, bit for bit. In `benchmarks/speed.py`'s MLP step
-# at d = 10⁶ the loop took 0.66-0.70 of the vmap's time (n = 4 to 32). Below, the two traded
-# places with the allocator's settings (d = 10⁵ and the LM, n = 16 and 32: 0.72 to 1.28), and at
-# d = 2 · 10⁵, n = 4 and d = 10⁴, n = 16 and 32, the loop was 1.2-1.7 times slower. (Those were
-# all-at-once steps; a CPU step with a fixed α and no chunk_size now goes in cache-sized chunks,
-# `_CPU_CHUNK_BYTES`, so this loop serves large explicit chunks and temperature="auto".)
-_SEQUENTIAL_DRAW_MIN_SIZE = 2**18
-_SEQUENTIAL_DRAW_MIN_ENTRIES = 2**21
-
-
-def _draws_one_by_one(
-    params: Any, sharding: jax.sharding.NamedSharding | None, draws_at_once: int
-) -> bool:
-    """Whether ``draws_at_once`` noise vectors shaped like ``params`` are drawn in a loop."""
-    size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
-    return (
-        sharding is None
-        and draws_at_once > 1
-        and jax.default_backend() == "cpu"
-        and size >= _SEQUENTIAL_DRAW_MIN_SIZE
-        and size * draws_at_once >= _SEQUENTIAL_DRAW_MIN_ENTRIES
-    )
-
-
-def _draw_chunk(draw: Callable[[jax.Array], Any], indices: jax.Array, one_by_one: bool) -> Any:
-    """``draw`` at each of ``indices``, stacked: with one vmap, or in a loop if ``one_by_one``."""
-    return jax.lax.map(draw, indices) if one_by_one else jax.vmap(draw)(indices)
-
-
 def _scan_over_chunks(
     body: Callable[[Any, jax.Array], tuple[Any, Any]],
     carry: Any,
@@ -254,18 +223,16 @@ def _sum_over_candidates(
     chunk_size: int,
     sharding: jax.sharding.NamedSharding | None = None,
     group: int = 1,
-    one_by_one: bool = False,
 ) -> Any:
     """Computes Σᵢ wᵢ draw(i) over candidates, with at most ``chunk_size`` of them live at once.
 
-    Each chunk's candidates are drawn with one vmap (or one by one in a loop, if
-    ``one_by_one``) and summed with one dot per leaf (`_weighted_sum`): a reduce over a
-    broadcast [chunk, d] product inside the loop body runs single-threaded on XLA:CPU and made
-    chunked steps several times slower. With ``sharding``, each chunk's candidates are split
-    over its devices. ``like`` (the guide) gives the float32 zeros that the sum starts from and,
-    over an Explicit mesh, the sharding of each leaf. With ``group`` > 1 (a divisor of n and of
-    ``chunk_size``), ``draw(j)`` returns candidates ``group·j .. group·j + group - 1`` stacked
-    on a leading axis (antithetic pairs: 2).
+    Each chunk's candidates are drawn with one vmap and summed with one dot per leaf
+    (`_weighted_sum`): a reduce over a broadcast [chunk, d] product inside the loop body runs
+    single-threaded on XLA:CPU and made chunked steps several times slower. With ``sharding``,
+    each chunk's candidates are split over its devices. ``like`` (the guide) gives the float32
+    zeros that the sum starts from and, over an Explicit mesh, the sharding of each leaf. With
+    ``group`` > 1 (a divisor of n and of ``chunk_size``), ``draw(j)`` returns candidates
+    ``group·j .. group·j + group - 1`` stacked on a leading axis (antithetic pairs: 2).
     """
     num_candidates = weights.shape[0] // group
     chunk_size = chunk_size // group
@@ -275,7 +242,7 @@ def _sum_over_candidates(
     def chunk_sum(chunk_indices: jax.Array, chunk_weights: jax.Array) -> Any:
         chunk_indices = _constrain(chunk_indices, sharding)
         chunk_weights = _constrain(chunk_weights, sharding)
-        deltas = _constrain(_draw_chunk(draw, chunk_indices, one_by_one), sharding)
+        deltas = _constrain(jax.vmap(draw)(chunk_indices), sharding)
         if group > 1:
             deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), deltas)
             chunk_weights = chunk_weights.reshape(-1)
@@ -337,30 +304,81 @@ def auto_chunk_size(num_candidates: int, params: Any, memory_budget: int) -> int
     return max(1, min(num_candidates, memory_budget // max(per_candidate, 1)))
 
 
-# On CPU, with a fixed α and neither chunk_size nor a mesh given, a step whose n perturbations
-# take more than this many bytes goes through its candidates in chunks of the largest power of two
-# that fits (at least 1, and 2 for antithetic pairs), folding each chunk into the weighted mean as
-# it is evaluated: a chunk's candidates then stay in cache from their draw through their loss to
-# the sum, instead of streaming n · d floats from memory at each stage. In
-# `benchmarks/speed.py`'s MLP and LM steps this took 0.52-0.79 of the all-at-once step's time
-# (a/a_all; d = 10⁵ with n = 16 and 32, d = 10⁶ with n = 4 to 32, the LM with n = 16 and 32);
-# below it, chunks gained nothing in scratch runs (d = 10⁴, n = 32; d = 10⁵, n = 4). With
-# temperature="auto" the chunks are drawn twice (α needs every loss before any weight), and in a
-# scratch run cache-sized chunks took 1.05-1.27 of the all-at-once with_mgs step's time on the
-# MLP (d = 10⁵ and 10⁶, n = 16 and 32) but 0.86-0.88 on the LM: mixed, so that step stays
-# unchunked unless chunk_size says otherwise.
+class _Plan(NamedTuple):
+    """How one step goes through its candidates; made by `_execution_plan`."""
+
+    chunk: int  # candidates drawn and evaluated at once; n when not chunked.
+    by_pairs: bool  # antithetic pairs drawn together, from one noise draw.
+    written_out_draw: bool  # normals through `_threefry` rather than jax.random.normal.
+
+
+# The cache-sized chunks of `_execution_plan` hold at most this many bytes of perturbations.
 _CPU_CHUNK_BYTES = 2**22
 
 
-def _cache_chunk_size(num_candidates: int, params: Any, antithetic: bool) -> int:
-    """The chunk of a CPU step without chunk_size (`_CPU_CHUNK_BYTES`); n if it needs none."""
-    if jax.default_backend() != "cpu":
-        return num_candidates
-    fits = auto_chunk_size(num_candidates, params, _CPU_CHUNK_BYTES)
-    if fits == num_candidates:
-        return num_candidates
-    chunk = 1 << (fits.bit_length() - 1)  # the largest power of two that fits
-    return min(num_candidates, max(chunk, 2 if antithetic else 1))
+def _execution_plan(
+    num_candidates: int,
+    params: Any,
+    backend: str,
+    auto_temperature: bool,
+    chunk_size: int | str | None,
+    memory_budget: int,
+    antithetic: bool,
+    sharding: jax.sharding.NamedSharding | None,
+) -> _Plan:
+    """How a step goes through its candidates: the one place where the backend changes the path.
+
+    Every path gives the same candidates, bit for bit, and the same update up to the order of
+    floating-point sums. The chunk is ``chunk_size``'s: n for None, `auto_chunk_size` for
+    ``"auto"``, else the given one. Antithetic pairs are drawn together where no mesh splits
+    them and every chunk holds whole pairs. On CPU two speed rules follow, each kept for a gain of
+    more than 15 % in several cells of interleaved benchmarks (paired ratios; figures in
+    docs/performance.md, runs in docs/benchmark_log.md):
+
+    - written-out draw: normals from `_threefry`, for any size: `speed.py`'s MLP steps took
+      0.45-0.90 of their time with jax's draw (`benchmarks/draws.py`, d = 10⁴ to 10⁶, n = 16
+      and 32), and 0.58-0.91 at d = 10² to 3 · 10³ (scratch runs).
+    - cache-sized chunks: with a fixed α, no mesh and ``chunk_size`` None or ``"auto"``, a step
+      whose n perturbations exceed ``_CPU_CHUNK_BYTES`` goes in chunks of the largest power of
+      two that fits (at least 1, 2 for antithetic pairs), folded into the weighted mean as they
+      are evaluated, so that a chunk stays in cache from its draw to the sum: 0.52-0.79 of the
+      all-at-once step's time (`benchmarks/speed.py`, a/a_all: d = 10⁵ with n = 16 and 32,
+      d = 10⁶ with n = 4 to 32, the LM with n = 16 and 32); no gain below (d = 10⁴, n = 32;
+      d = 10⁵, n = 4). With ``temperature="auto"`` (chunks drawn twice) it was mixed, 0.86 to
+      1.27, so that step keeps its chunk.
+
+    Candidates are drawn with one vmap everywhere: a loop over large draws on CPU, once 0.66-0.70
+    of the vmap's time with jax's draw, timed alike with the written-out one (0.96-1.04 at
+    d = 3 · 10⁵ and 10⁶). Other backends keep jax's draw and the given chunk (not measured there).
+
+    Args:
+      num_candidates: n.
+      params: the parameter pytree (arrays or shape-dtype structs); only the sizes are read.
+      backend: ``jax.default_backend()`` when the step is traced, e.g. ``"cpu"`` or ``"gpu"``.
+      auto_temperature: whether α is chosen from the losses (``temperature="auto"``).
+      chunk_size: the checked ``chunk_size`` of :func:`mgs`: an int in [1, n], None or
+        ``"auto"``.
+      memory_budget: bytes, read with ``chunk_size="auto"``.
+      antithetic: whether candidates come in antithetic pairs.
+      sharding: the candidate axis's sharding, or None without a mesh.
+
+    Returns:
+      The `_Plan`.
+    """
+    if chunk_size is None:
+        chunk = num_candidates
+    elif chunk_size == "auto":
+        chunk = auto_chunk_size(num_candidates, params, memory_budget)
+    else:
+        chunk = chunk_size
+    cpu = backend == "cpu"
+    if cpu and not isinstance(chunk_size, int) and not auto_temperature and sharding is None:
+        fits = auto_chunk_size(num_candidates, params, _CPU_CHUNK_BYTES)
+        if fits < num_candidates:
+            cache_chunk = 1 << (fits.bit_length() - 1)  # the largest power of two that fits
+            chunk = min(chunk, max(cache_chunk, 2 if antithetic else 1))
+    by_pairs = antithetic and sharding is None and chunk % 2 == 0
+    return _Plan(chunk=chunk, by_pairs=by_pairs, written_out_draw=cpu)
 
 
 class _Settings(NamedTuple):
@@ -368,8 +386,7 @@ class _Settings(NamedTuple):
 
     num_candidates: int
     num_zero_mean: int
-    chunk: int | None  # candidates evaluated at once (n when not chunked); None: from budget.
-    chunk_for_cache: bool  # chunk_size None or "auto": on CPU, chunks may be cache-sized.
+    chunk_size: int | str | None  # an int in [1, n], None or "auto" (see `_execution_plan`).
     memory_budget: int  # bytes of perturbations live at once, with chunk_size="auto".
     sigma: Any  # float or traced scalar.
     temperature: Any  # float, traced scalar, or "auto".
@@ -426,24 +443,20 @@ def _check_settings(
             f"num_candidates={num_candidates} gives {num_zero_mean} zero-mean and {num_guided} "
             "guided candidates. Choose num_candidates and mix so that both counts are even."
         )
-    if chunk_size is None:
-        chunk = num_candidates
-    elif isinstance(chunk_size, str):
+    if isinstance(chunk_size, str):
         if chunk_size != "auto":
             raise ValueError(f'chunk_size must be an integer, None or "auto", got {chunk_size!r}.')
-        chunk = None
         # Read only with chunk_size="auto": optax.inject_hyperparams traces numeric defaults.
         memory_budget = _checks.static_int(memory_budget, "memory_budget", minimum=1)
-    else:
-        chunk = _checks.static_int(chunk_size, "chunk_size")
-        if chunk < 1:
-            raise ValueError(f"chunk_size must be at least 1 or None, got {chunk}.")
-        chunk = min(chunk, num_candidates)
+    elif chunk_size is not None:
+        chunk_size = _checks.static_int(chunk_size, "chunk_size")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1 or None, got {chunk_size}.")
+        chunk_size = min(chunk_size, num_candidates)
     return _Settings(
         num_candidates=num_candidates,
         num_zero_mean=num_zero_mean,
-        chunk=chunk,
-        chunk_for_cache=chunk_size is None or isinstance(chunk_size, str),
+        chunk_size=chunk_size,
         memory_budget=memory_budget,
         sigma=sigma,
         temperature=temperature,
@@ -503,7 +516,6 @@ def _evaluate_candidates(
     chunk: int,
     sharding: jax.sharding.NamedSharding | None,
     draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
-    one_by_one: bool = False,
     running_mean: Callable[[Any, jax.Array, jax.Array, Any], Any] | None = None,
     start: Any = None,
 ) -> tuple[jax.Array, jax.Array, Any, Any]:
@@ -519,9 +531,6 @@ def _evaluate_candidates(
         from one noise draw, or None. When given, candidates are drawn by pairs (n / 2 noise
         draws), ``chunk / 2`` pairs at a time; the caller passes it only without a mesh and with
         an even chunk.
-      one_by_one: draw the candidates (each chunk's, when chunked) one by one in a loop, then
-        evaluate them with one vmap, instead of drawing them with one vmap; not with
-        ``draw_pair``.
       running_mean: when chunked, ``(state, losses, log_q, deltas) -> state``, folding each
         chunk into a running weighted mean as soon as it is evaluated (the weights' temperature
         is then known before the losses are), or None.
@@ -543,7 +552,7 @@ def _evaluate_candidates(
             members = 2 * chunk_indices[:, None] + jnp.arange(2, dtype=jnp.int32)
             return deltas, jax.vmap(loss_at)(members.reshape(-1), deltas), log_q.reshape(-1)
         placed = _constrain(chunk_indices, sharding)
-        deltas, log_q = _constrain(_draw_chunk(draw, placed, one_by_one), sharding)
+        deltas, log_q = _constrain(jax.vmap(draw)(placed), sharding)
         losses = _constrain(jax.vmap(loss_at)(placed, deltas), sharding)
         return deltas, losses, log_q
 
@@ -551,8 +560,7 @@ def _evaluate_candidates(
     indices = jnp.arange(num_candidates // group, dtype=jnp.int32)
     if chunk >= num_candidates:
         # All at once: draw them once, keep them for the weighted sum, and evaluate them with
-        # one vmap (XLA runs loop bodies with less parallelism than top-level code); only large
-        # draws on CPU go through a loop (`_draws_one_by_one`).
+        # one vmap (XLA runs loop bodies with less parallelism than top-level code).
         deltas, losses, log_q = evaluate(indices)
         return losses, log_q, deltas, None
 
@@ -574,16 +582,13 @@ def _weighted_mean(
     chunk: int,
     sharding: jax.sharding.NamedSharding | None,
     draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
-    one_by_one: bool = False,
 ) -> Any:
     """Σᵢ wᵢ Δᵢ in float32: from the kept ``deltas``, or drawn again chunk by chunk if None."""
     if deltas is not None:
         return _weighted_sum(weights, deltas, like, sharding)
     if draw_pair is not None:
         return _sum_over_candidates(lambda j: draw_pair(j)[0], weights, like, chunk, group=2)
-    return _sum_over_candidates(
-        lambda i: draw(i)[0], weights, like, chunk, sharding, one_by_one=one_by_one
-    )
+    return _sum_over_candidates(lambda i: draw(i)[0], weights, like, chunk, sharding)
 
 
 def _step(
@@ -593,8 +598,10 @@ def _step(
     params: Any,
     loss_fn: Callable[[Any], jax.Array],
     sharding: jax.sharding.NamedSharding | None,
+    plan: _Plan,
 ) -> tuple[Any, MGSState]:
-    """One MGS step on checked arguments: draw, evaluate and weigh the candidates."""
+    """One MGS step on checked arguments, along ``plan``: draw, evaluate and weigh the
+    candidates."""
     next_key, step_key = jax.random.split(state.key)
     num_zero_mean = settings.num_zero_mean
     # A guide with a NaN or inf anywhere cannot place the guided candidates: they are drawn
@@ -612,12 +619,27 @@ def _step(
         # On a low-precision leaf the candidate really evaluated is round(θ + Δ): its effective
         # perturbation is the one returned, and the one in log q.
         return sampling._sample_candidate_and_log_q(
-            step_key, index, guide, scales, num_zero_mean, share, settings.antithetic, params
+            step_key,
+            index,
+            guide,
+            scales,
+            num_zero_mean,
+            share,
+            settings.antithetic,
+            params,
+            written_out=plan.written_out_draw,
         )
 
     def draw_pair(pair: jax.Array) -> tuple[Any, jax.Array]:
         return sampling._sample_antithetic_pair_and_log_q(
-            step_key, pair, guide, scales, num_zero_mean, share, params
+            step_key,
+            pair,
+            guide,
+            scales,
+            num_zero_mean,
+            share,
+            params,
+            written_out=plan.written_out_draw,
         )
 
     def loss_at(index: jax.Array, delta: Any) -> jax.Array:
@@ -625,20 +647,9 @@ def _step(
         loss = jnp.asarray(loss_fn(candidate), jnp.float32)
         return jnp.where(guide_is_finite | (index < num_zero_mean), loss, jnp.nan)
 
-    chunk = settings.chunk
-    if chunk is None:
-        chunk = auto_chunk_size(settings.num_candidates, params, settings.memory_budget)
+    chunk = plan.chunk
+    pairs = draw_pair if plan.by_pairs else None
     fixed_alpha = not isinstance(settings.temperature, str)
-    if settings.chunk_for_cache and fixed_alpha and sharding is None:
-        chunk = min(chunk, _cache_chunk_size(settings.num_candidates, params, settings.antithetic))
-    # Antithetic pairs are drawn together (one noise draw for two candidates) where no mesh
-    # splits them and every chunk holds whole pairs.
-    by_pairs = settings.antithetic and sharding is None and chunk % 2 == 0
-    pairs = draw_pair if by_pairs else None
-    # Antithetic pairs keep the vmap: in a loop they were slower (docs/benchmark_log.md).
-    one_by_one = not by_pairs and _draws_one_by_one(
-        params, sharding, min(chunk, settings.num_candidates)
-    )
     alpha = None
     if fixed_alpha:
         # A traced α that is not positive (a schedule annealed to 0 reaches -3e-8 by rounding)
@@ -664,7 +675,6 @@ def _step(
         chunk,
         sharding,
         pairs,
-        one_by_one,
         running_mean,
         start,
     )
@@ -682,9 +692,7 @@ def _step(
     if running is not None:
         mean_delta = running.mean
     else:
-        mean_delta = _weighted_mean(
-            weights, deltas, draw, guide, chunk, sharding, pairs, one_by_one
-        )
+        mean_delta = _weighted_mean(weights, deltas, draw, guide, chunk, sharding, pairs)
     # A traced σ that is not positive searches nothing: the update is the guide (zeros if it
     # is not finite, so that nothing non-finite reaches the update).
     searching = jnp.asarray(settings.sigma, jnp.float32) > 0
@@ -783,6 +791,24 @@ def mgs(
         candidate_axis,
         memory_budget,
     )
+    return _transformation(settings)
+
+
+def _mgs_with(plan: dict[str, Any], **mgs_kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    """``mgs(**mgs_kwargs)`` with fields of its `_execution_plan` replaced by ``plan``.
+
+    For tests and benchmarks that compare paths, e.g. ``{"written_out_draw": False}``.
+    """
+    arguments = inspect.signature(mgs).bind(**mgs_kwargs)
+    arguments.apply_defaults()
+    return _transformation(_check_settings(**arguments.arguments), plan)
+
+
+def _transformation(
+    settings: _Settings, plan_overrides: dict[str, Any] | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """The init and update of :func:`mgs` on checked settings (``plan_overrides`` as in
+    `_mgs_with`)."""
 
     def init_fn(params: optax.Params) -> MGSState:
         del params
@@ -798,7 +824,17 @@ def mgs(
     ) -> tuple[optax.Updates, MGSState]:
         loss_fn, loss_kwargs = _bound_task_loss(updates, params, task_loss_fn, extra_args)
         sharding = _resolve_sharding(settings.sharding, (updates, params, loss_kwargs))
+        plan = _execution_plan(
+            settings.num_candidates,
+            params,
+            jax.default_backend(),
+            isinstance(settings.temperature, str),
+            settings.chunk_size,
+            settings.memory_budget,
+            settings.antithetic,
+            sharding,
+        )._replace(**(plan_overrides or {}))
         with _mesh_context(sharding):
-            return _step(settings, updates, state, params, loss_fn, sharding)
+            return _step(settings, updates, state, params, loss_fn, sharding, plan)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,6 +1,7 @@
 """Tests for the pure maths in `mlesearch.sampling`."""
 
 import fractions
+import functools
 import math
 
 import chex
@@ -530,14 +531,15 @@ def test_log_q_differences_between_candidates_are_exact_at_four_million_paramete
         np.testing.assert_allclose(got - got[0], exact - exact[0], rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("written_out", [True, False])
 @pytest.mark.parametrize("shapes", [[(3, 5), (2,)], [(4, 5), (2,)], [(7,)]])
-def test_noise_is_one_flat_draw_whatever_the_parity_of_its_length(shapes):
+def test_noise_is_one_flat_draw_whatever_the_parity_of_its_length(shapes, written_out):
     # An odd total is drawn with one extra entry (much faster on CPU); the noise must still be
     # the first entries of the flat draw, so that candidates do not change with the parity.
     key = jax.random.key(5)
     tree = [jnp.zeros(shape) for shape in shapes]
     total = sum(int(np.prod(shape)) for shape in shapes)
-    noise = mls.sampling._standard_normal_like(key, tree)
+    noise = mls.sampling._standard_normal_like(key, tree, written_out=written_out)
     flat = jnp.concatenate([leaf.reshape(-1) for leaf in noise])
     chex.assert_trees_all_equal(flat, jax.random.normal(key, (total,), jnp.float32))
 
@@ -549,22 +551,17 @@ _KEYS = {
 }
 
 
-@pytest.fixture
-def written_out_draws_on_cpu(monkeypatch):
-    """Written-out draws (`_threefry.threefry_normals`), as on a CPU."""
-    monkeypatch.setattr(_threefry, "WRITTEN_OUT", True)
-    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+# Written-out draws (`_threefry.threefry_normals`), as a CPU step makes them.
+_written_out_normal = functools.partial(_threefry.standard_normal, written_out=True)
 
 
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("key_kind", sorted(_KEYS))
 @pytest.mark.parametrize("length", [4, 6, 998, 10_000])
-def test_written_out_threefry_draws_jax_normals_bit_for_bit(
-    written_out_draws_on_cpu, key_kind, length, jit
-):
+def test_written_out_threefry_draws_jax_normals_bit_for_bit(key_kind, length, jit):
     key = _KEYS[key_kind]()
     assert _threefry.usable_key_words(key, length) is not None  # the path under test.
-    draw = _threefry.standard_normal
+    draw = _written_out_normal
     if jit:
         draw = jax.jit(draw, static_argnums=1)
     chex.assert_trees_all_equal(draw(key, length), jax.random.normal(key, (length,)))
@@ -591,14 +588,12 @@ def test_written_out_threefry_follows_jax_private_layout(key_kind, length):
 
 
 @pytest.mark.parametrize("written_out", [True, False])
-def test_written_out_threefry_matches_under_vmap_and_in_a_loop(monkeypatch, written_out):
-    monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
-    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+def test_written_out_threefry_matches_under_vmap_and_in_a_loop(written_out):
     keys = jax.random.split(jax.random.key(2), 6)
     expected = jax.vmap(lambda k: jax.random.normal(k, (1000,)))(keys)
 
     def draw(k):
-        return _threefry.standard_normal(k, 1000)
+        return _threefry.standard_normal(k, 1000, written_out=written_out)
 
     by_vmap = jax.jit(jax.vmap(draw))(keys)
     in_a_loop = jax.jit(lambda ks: jax.lax.map(draw, ks))(keys)
@@ -611,19 +606,16 @@ def test_written_out_threefry_matches_under_vmap_and_in_a_loop(monkeypatch, writ
 
 @pytest.mark.parametrize("num_keys", [1, 4])
 @pytest.mark.parametrize("written_out", [True, False])
-def test_written_out_draws_are_made_once_for_all_the_keys_of_a_vmap(
-    monkeypatch, num_keys, written_out
-):
+def test_written_out_draws_are_made_once_for_all_the_keys_of_a_vmap(num_keys, written_out):
     # Written out, the normals come from one cond (for one key, or for all the keys of a vmap,
     # whose normals are then stored once); otherwise from jax's random_bits.
-    monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
-    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     keys = jax.random.split(jax.random.key(0), num_keys)
+    normal = functools.partial(_threefry.standard_normal, written_out=written_out)
 
     def draw(ks):
         if num_keys == 1:
-            return _threefry.standard_normal(ks[0], 16)[None]
-        return jax.vmap(lambda k: _threefry.standard_normal(k, 16))(ks)
+            return normal(ks[0], 16)[None]
+        return jax.vmap(lambda k: normal(k, 16))(ks)
 
     jaxpr = str(jax.make_jaxpr(draw)(keys))  # with every sub-jaxpr, inline.
     assert jaxpr.count("cond[") == written_out
@@ -631,14 +623,14 @@ def test_written_out_draws_are_made_once_for_all_the_keys_of_a_vmap(
     chex.assert_trees_all_equal(draw(keys), jax.vmap(lambda k: jax.random.normal(k, (16,)))(keys))
 
 
-def test_written_out_draws_can_be_differentiated_through(written_out_draws_on_cpu):
+def test_written_out_draws_can_be_differentiated_through():
     keys = jax.random.split(jax.random.key(0), 3)
 
     def loss(x, draw):
         return jnp.sum(jax.vmap(lambda k: x * draw(k, 100))(keys))
 
     expected = jax.grad(loss)(2.0, lambda k, n: jax.random.normal(k, (n,)))
-    got = jax.jit(jax.grad(loss), static_argnums=1)(2.0, _threefry.standard_normal)
+    got = jax.jit(jax.grad(loss), static_argnums=1)(2.0, _written_out_normal)
     chex.assert_trees_all_close(got, expected, rtol=1e-6)
 
 
@@ -650,20 +642,28 @@ def test_written_out_draws_can_be_differentiated_through(written_out_draws_on_cp
         (lambda: jax.random.key(0), 1000, False),  # jax's other threefry stream
     ],
 )
-def test_other_draws_go_through_jax_random_normal(
-    written_out_draws_on_cpu, key, length, partitionable
-):
+def test_other_draws_go_through_jax_random_normal(key, length, partitionable):
     key = key()
     with jax.threefry_partitionable(partitionable):
         assert _threefry.usable_key_words(key, length) is None
         chex.assert_trees_all_equal(
-            _threefry.standard_normal(key, length), jax.random.normal(key, (length,))
+            _written_out_normal(key, length), jax.random.normal(key, (length,))
         )
 
 
-def test_draws_are_not_written_out_off_cpu(monkeypatch):
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert _threefry.usable_key_words(jax.random.key(0), 1000) is None
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_public_samplers_write_their_draws_out_on_cpu_only(monkeypatch, backend):
+    # The same candidates either way; the written-out draw is a cond that makes normals.
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    guide = {"w": jnp.ones((3, 4)), "b": jnp.zeros(5)}
+    scales = mls.proposal_scales(guide, 0.5)
+
+    def draw(key):
+        return mls.sample_candidates(key, guide, scales, 4, 0.5)
+
+    jaxpr = str(jax.make_jaxpr(draw)(jax.random.key(0)))
+    assert ("erf_inv" in jaxpr and "cond[" in jaxpr) == (backend == "cpu")
+    assert ("random_bits[" in jaxpr) == (backend != "cpu")
 
 
 def _fold_in_chunks(losses, log_q, deltas, temperature, weighting, chunks):

@@ -19,7 +19,6 @@ from absl.testing import parameterized
 from scipy import special
 
 import mlesearch as mls
-from mlesearch import _threefry
 
 # A fixed quadratic l(θ) = ½ θᵀHθ + bᵀθ: its p(Δ|θ) is Gaussian, N(-H⁻¹g, αH⁻¹).
 H = jnp.array([[2.0, 0.5], [0.5, 1.0]])
@@ -397,7 +396,6 @@ def test_chunked_evaluation_gives_the_same_update(temperature, weighting):
         chex.assert_trees_all_close(state.info, results[0][1].info, atol=1e-6)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the cache-sized chunks are for CPU")
 @pytest.mark.parametrize(
     ("num_candidates", "dim", "antithetic", "expected"),
     [
@@ -410,9 +408,64 @@ def test_chunked_evaluation_gives_the_same_update(temperature, weighting):
         (16, 10_000_000, False, 1),
     ],
 )
-def test_cache_chunk_size(num_candidates, dim, antithetic, expected):
+def test_plan_of_a_default_cpu_step_takes_cache_sized_chunks(
+    num_candidates, dim, antithetic, expected
+):
     params = jax.ShapeDtypeStruct((dim,), jnp.float32)
-    assert mls.transform._cache_chunk_size(num_candidates, params, antithetic) == expected
+    plan = mls.transform._execution_plan(
+        num_candidates, params, "cpu", False, None, 2**30, antithetic, None
+    )
+    assert plan.chunk == expected
+    assert plan.by_pairs == antithetic
+
+
+_PLAN = mls.transform._Plan
+_MESH_SHARDING = object()  # only whether there is a mesh counts
+
+
+@pytest.mark.parametrize(
+    ("num_candidates", "dim", "backend", "auto", "chunk_size", "antithetic", "mesh", "expected"),
+    [
+        # Small CPU steps: all at once, written out.
+        (16, 10_000, "cpu", False, None, False, False, _PLAN(16, False, True)),
+        (16, 10_000, "cpu", True, None, False, False, _PLAN(16, False, True)),
+        # A fixed α at d = 10⁶: chunks of 1, in cache.
+        (16, 1_000_000, "cpu", False, None, False, False, _PLAN(1, False, True)),
+        (16, 1_000_000, "cpu", False, "auto", False, False, _PLAN(1, False, True)),
+        # An automatic α keeps all n, as does an explicit chunk_size.
+        (16, 1_000_000, "cpu", True, None, False, False, _PLAN(16, False, True)),
+        (16, 1_000_000, "cpu", False, 16, False, False, _PLAN(16, False, True)),
+        (16, 1_000_000, "cpu", True, 8, False, False, _PLAN(8, False, True)),
+        # Below 4 MiB of perturbations no chunks; with an automatic α none at any size.
+        (4, 100_000, "cpu", False, None, False, False, _PLAN(4, False, True)),
+        (64, 100_000, "cpu", True, None, False, False, _PLAN(64, False, True)),
+        # Antithetic pairs are drawn together where every chunk holds whole pairs.
+        (16, 1_000_000, "cpu", False, None, True, False, _PLAN(2, True, True)),
+        (16, 1_000_000, "cpu", True, None, True, False, _PLAN(16, True, True)),
+        (16, 1_000_000, "cpu", True, 3, True, False, _PLAN(3, False, True)),
+        # A mesh keeps the chunk and splits antithetic pairs.
+        (16, 1_000_000, "cpu", False, None, True, True, _PLAN(16, False, True)),
+        # Other backends: jax's draw and the given chunk.
+        (16, 1_000_000, "gpu", False, None, False, False, _PLAN(16, False, False)),
+        (16, 1_000_000, "tpu", True, 4, True, False, _PLAN(4, True, False)),
+        (16, 1_000_000, "gpu", False, "auto", False, False, _PLAN(16, False, False)),
+    ],
+)
+def test_execution_plan(num_candidates, dim, backend, auto, chunk_size, antithetic, mesh, expected):
+    params = {"w": jax.ShapeDtypeStruct((dim - 10,), jnp.float32), "b": jnp.zeros(10)}
+    sharding = _MESH_SHARDING if mesh else None
+    plan = mls.transform._execution_plan(
+        num_candidates, params, backend, auto, chunk_size, 2**30, antithetic, sharding
+    )
+    assert plan == expected
+
+
+def test_execution_plan_with_auto_chunk_size_fits_the_memory_budget():
+    params = jax.ShapeDtypeStruct((1_000_000,), jnp.float32)
+    plan = mls.transform._execution_plan(
+        16, params, "gpu", True, "auto", 5 * 4_000_000, False, None
+    )
+    assert plan.chunk == 5
 
 
 @pytest.mark.parametrize(
@@ -457,48 +510,19 @@ def test_default_step_on_cpu_goes_in_cache_sized_chunks(monkeypatch, temperature
     "kwargs",
     [{}, {"chunk_size": 3}, {"antithetic": True}, {"temperature": "auto", "chunk_size": 4}],
 )
-def test_written_out_threefry_leaves_the_step_unchanged(monkeypatch, kwargs):
+def test_written_out_threefry_leaves_the_step_unchanged(kwargs):
     # CPU draws are written out (_threefry.threefry_normals): the same candidates as
     # jax.random.normal's (bit for bit, tests/sampling_test.py), so the same step up to the
     # order of floating-point sums (XLA fuses the two programs differently).
     params, x, y, mle_loss, error_rate = _mlp_problem()
     guide = jax.grad(mle_loss)(params, x, y)
-    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
 
     def run(written_out):
-        monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
-        tx = mls.mgs(num_candidates=8, sigma=0.3, **kwargs)
+        plan = {"written_out_draw": written_out}
+        tx = mls.transform._mgs_with(plan, num_candidates=8, sigma=0.3, **kwargs)
         return _unwrap(_step(tx, guide, params, error_rate, x=x, y=y))
 
     chex.assert_trees_all_close(run(True), run(False), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("antithetic", "chunk_size"), [(False, None), (False, 3), (False, 4), (True, 3)]
-)
-def test_candidates_drawn_one_by_one_give_the_same_step(monkeypatch, antithetic, chunk_size):
-    # Large draws on CPU go through a loop, one candidate at a time, instead of one vmap: the
-    # same candidates, losses and update. (Antithetic pairs, drawn together where a chunk holds
-    # whole pairs, keep the vmap; with an odd chunk each candidate draws its own copy.)
-    params = {"w": jnp.linspace(-1.0, 1.0, 40).reshape(8, 5), "b": jnp.ones(3)}
-    guide = jax.tree.map(lambda p: 0.1 * p, params)
-    loss = lambda p: jnp.mean(jnp.sin(3 * p["w"])) + jnp.sum(p["b"] ** 2)
-
-    def run():
-        tx = mls.mgs(num_candidates=8, sigma=0.2, antithetic=antithetic, chunk_size=chunk_size)
-        jaxpr = jax.make_jaxpr(lambda g, s: tx.update(g, s, params, task_loss_fn=loss))(
-            guide, tx.init(params)
-        )
-        loops = str(jaxpr).count("while[") + str(jaxpr).count("scan[")
-        return _step(tx, guide, params, loss), loops
-
-    (vmapped, state), vmapped_loops = run()
-    monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_SIZE", 0)
-    monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_ENTRIES", 0)
-    (one_by_one, one_by_one_state), one_by_one_loops = run()
-    assert one_by_one_loops > vmapped_loops
-    chex.assert_trees_all_close(one_by_one, vmapped, atol=1e-7)
-    chex.assert_trees_all_close(one_by_one_state.info, state.info, atol=1e-7)
 
 
 def _equations(jaxpr, inside_loop=False):
@@ -514,13 +538,9 @@ def _equations(jaxpr, inside_loop=False):
                     yield from _equations(sub, loop)
 
 
-@pytest.mark.parametrize("one_by_one", [False, True])
-def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop(monkeypatch, one_by_one):
+def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop():
     # A reduce over a broadcast [chunk, d] product runs single-threaded on XLA:CPU; a dot does not.
     # Read from the step's jaxpr (what mgs asks of XLA), not from XLA's text.
-    if one_by_one:
-        monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_SIZE", 0)
-        monkeypatch.setattr(mls.transform, "_SEQUENTIAL_DRAW_MIN_ENTRIES", 0)
     params = {"w": jnp.ones((1000,))}
     guide = {"w": jnp.full((1000,), 0.01)}
     tx = mls.mgs(num_candidates=16, sigma=0.01, weighting="tilted", chunk_size=8, key=0)
@@ -569,9 +589,9 @@ def test_each_candidate_is_drawn_once_unless_alpha_needs_every_loss(
     draws = []
     original = mls.sampling._candidate_noise
 
-    def counted(key, index, tree, antithetic):
+    def counted(key, index, *args, **kwargs):
         jax.debug.callback(lambda i: draws.append(int(i)), index)
-        return original(key, index, tree, antithetic)
+        return original(key, index, *args, **kwargs)
 
     def second_pass(*args, **kwargs):
         raise AssertionError("log q must come from the drawing pass, not from the candidates.")
@@ -818,12 +838,16 @@ def _random_bits_drawn(jaxpr) -> int:
 
 @pytest.mark.parametrize("written_out", [True, False])
 @pytest.mark.parametrize("chunk_size", [None, 4])
-def test_antithetic_pairs_draw_their_noise_once(monkeypatch, chunk_size, written_out):
-    monkeypatch.setattr(_threefry, "WRITTEN_OUT", written_out)
+def test_antithetic_pairs_draw_their_noise_once(chunk_size, written_out):
     params = {"w": jnp.ones((3, 5)), "b": jnp.zeros(5)}
 
     def bits(antithetic):
-        tx = mls.mgs(num_candidates=8, antithetic=antithetic, chunk_size=chunk_size)
+        tx = mls.transform._mgs_with(
+            {"written_out_draw": written_out},
+            num_candidates=8,
+            antithetic=antithetic,
+            chunk_size=chunk_size,
+        )
         jaxpr = jax.make_jaxpr(
             lambda g, s: tx.update(g, s, params, task_loss_fn=lambda p: jnp.sum(p["w"]))
         )(params, tx.init(params))
@@ -831,6 +855,20 @@ def test_antithetic_pairs_draw_their_noise_once(monkeypatch, chunk_size, written
 
     assert bits(False) > 0
     assert bits(True) * 2 == bits(False)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_steps_write_their_draws_out_on_cpu_only(monkeypatch, backend):
+    params = {"w": jnp.ones((3, 5)), "b": jnp.zeros(5)}
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    tx = mls.mgs(num_candidates=8, chunk_size=4)
+    jaxpr = str(
+        jax.make_jaxpr(
+            lambda g, s: tx.update(g, s, params, task_loss_fn=lambda p: jnp.sum(p["w"]))
+        )(params, tx.init(params))
+    )
+    assert ("erf_inv" in jaxpr and "cond[" in jaxpr) == (backend == "cpu")
+    assert ("random_bits[" in jaxpr) == (backend != "cpu")
 
 
 def test_antithetic_candidates_are_mirrored():
