@@ -13,7 +13,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -78,8 +78,16 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
-def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> dict[str, Any]:
-    """The median and interquartile range of the per-repetition ratios numerator / denominator."""
-    ratios = [a / b for a, b in zip(times[numerator], times[denominator], strict=True)]
+def paired_ratio(
+    times: dict[str, list[float]], numerator: str, denominator: str | Sequence[str]
+) -> dict[str, Any]:
+    """The median and interquartile range of the per-repetition ratios numerator / denominator.
+
+    A ``denominator`` that names several entries stands for the sum of their times in each
+    repetition.
+    """
+    names = [denominator] if isinstance(denominator, str) else list(denominator)
+    totals = [sum(t) for t in zip(*(times[name] for name in names), strict=True)]
+    ratios = [a / b for a, b in zip(times[numerator], totals, strict=True)]
     q1, median, q3 = quartiles(ratios)
     return dict(median=median, q1=q1, q3=q3, values=ratios)

@@ -25,15 +25,24 @@ Each cell compiles and warms up, in one process, the jitted steps
   (a'') mgs_all_at_once: (a) with ``chunk_size=n``, all n candidates in one vmap. (a) is the
       same step except on CPU, where (with its fixed α) n perturbations of more than 4 MiB go
       in cache-sized chunks;
+  (p) parts: the irreducible parts of (a), each alone as its own jitted function of inputs
+      prepared outside it (``part_*`` in the JSON): drawing the n·d standard normals
+      (``jax.random.normal``, a new key every call), the n task losses (``jax.vmap`` of the loss
+      over n stacked perturbed parameter sets), the weighted sum of the n candidates (one
+      ``tensordot`` per leaf), the surrogate gradient, and the SGD update applied to the
+      parameters;
 
 and then runs ``--repeats`` repetitions in which every step runs once, in an order shuffled with
 a fixed seed (each call waited for with ``block_until_ready``). Each ratio a/b, a/c, a/d, a'/b,
-a'/d (``a_anti/...`` in the JSON), e/b' (``with_mgs/b``) and a/a'' (``a/a_all``) is the median
-over the repetitions of the paired, per-repetition ratio, reported with its interquartile range
-and the 1-minute load average at the start and the end of the cell: under load only such paired
-ratios carry over. It prints them per cell, with each step's temporary memory in float32 copies
-of the parameters (XLA's ``memory_analysis().temp_size_in_bytes`` of the compiled step, not
-timed; ``temp_bytes`` in the JSON), and writes them, with the per-repetition times, as JSON.
+a'/d (``a_anti/...`` in the JSON), e/b' (``with_mgs/b``), a/a'' (``a/a_all``) and a/parts is
+the median over the repetitions of the paired, per-repetition ratio, reported with its
+interquartile range and the 1-minute load average at the start and the end of the cell: under
+load only such paired ratios carry over. a/parts divides (a)'s time by the sum of the five parts'
+times in the same repetition: what (a) spends beyond the work it cannot avoid, the ratio to drive
+towards 1 (each part's median time is in ``seconds``). It prints them per cell, with each
+step's temporary memory in float32 copies of the parameters (XLA's
+``memory_analysis().temp_size_in_bytes`` of the compiled step, not timed; ``temp_bytes`` in the
+JSON) and the parts' median times, and writes them, with the per-repetition times, as JSON.
 Workloads: an MLP classifier with 0/1 error as the task loss (d set by its hidden width), and the
 transformer language model of ``mlesearch.models`` with token error rate as the task loss.
 """
@@ -41,6 +50,7 @@ transformer language model of ``mlesearch.models`` with token error rate as the 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -113,6 +123,17 @@ def lm_workload(size: str = "small", batch: int = 16, length: int = 32):
     return params, surrogate, task_loss, (tokens,)
 
 
+def _draw_noise(key: jax.Array, leaves: list[Any], n: int) -> list[jax.Array]:
+    """n standard normals per entry of ``leaves``, stacked on a leading axis, one key per leaf."""
+    keys = jax.random.split(key, len(leaves))
+    return [jax.random.normal(k, (n, *x.shape), x.dtype) for k, x in zip(keys, leaves, strict=True)]
+
+
+def _weighted_sum(weights: jax.Array, stacked: list[jax.Array]) -> list[jax.Array]:
+    """Σ_i w_i x_i per leaf of n stacked leaves: one ``tensordot`` each."""
+    return [jnp.tensordot(weights, x, axes=1) for x in stacked]
+
+
 def _limit_step(
     grad_fn: Callable[..., jax.Array],
     task_loss: Callable[..., jax.Array],
@@ -137,10 +158,7 @@ def _limit_step(
             u = jax.tree.map(lambda x: -probe_scale * x, g)
         leaves, treedef = jax.tree.flatten(p)
         guides = treedef.flatten_up_to(u)
-        keys = jax.random.split(key, len(leaves))
-        noise = [
-            jax.random.normal(k, (n, *x.shape), x.dtype) for k, x in zip(keys, leaves, strict=True)
-        ]
+        noise = _draw_noise(key, leaves, n)
 
         def loss(eps):
             candidate = [x + v + sigma * e for x, v, e in zip(leaves, guides, eps, strict=True)]
@@ -149,10 +167,7 @@ def _limit_step(
         weights = jax.nn.softmax(-jax.vmap(loss)(noise))
         delta = jax.tree.unflatten(
             treedef,
-            [
-                v + sigma * jnp.tensordot(weights, e, axes=1)
-                for v, e in zip(guides, noise, strict=True)
-            ],
+            [v + sigma * s for v, s in zip(guides, _weighted_sum(weights, noise), strict=True)],
         )
         if probe_scale is not None:
             pseudo = jax.tree.map(lambda d: -d / probe_scale, delta)
@@ -160,6 +175,52 @@ def _limit_step(
         return optax.apply_updates(p, delta), opt_state
 
     return jax.jit(step)
+
+
+# The irreducible parts of step (a), each timed alone: the n·d standard normals, the n task
+# losses (one vmap), the weighted sum of the n candidates, the surrogate gradient, the SGD update.
+PARTS = ("part_draw", "part_losses", "part_sum", "part_grad", "part_update")
+
+
+def _parts(
+    params: Any,
+    grad_jit: Callable[..., Any],
+    task_loss: Callable[..., jax.Array],
+    data: tuple[Any, ...],
+    n: int,
+    sigma: float,
+    optimizer: optax.GradientTransformation,
+) -> dict[str, Callable[[], Any]]:
+    """The parts of `PARTS`, each its own jitted function of inputs prepared here.
+
+    Every input is an argument, so XLA has no constant to fold the work into, and the draw takes
+    a new key at every call (from a cycle of 16).
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    draw = jax.jit(lambda key: _draw_noise(key, leaves, n))
+    draw_keys = itertools.cycle(list(jax.random.split(jax.random.key(2), 16)))
+    noise = draw(jax.random.key(3))
+    candidates = jax.tree.unflatten(
+        treedef, [x + sigma * e for x, e in zip(leaves, noise, strict=True)]
+    )
+    losses = jax.jit(lambda c, data: jax.vmap(lambda p: task_loss(p, *data))(c))
+    weights = jax.nn.softmax(-losses(candidates, data))
+    weighted_sum = jax.jit(lambda w, c: _weighted_sum(w, jax.tree.leaves(c)))
+    grads = grad_jit(params, data)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def update(g, state, p):
+        u, state = optimizer.update(g, state, p)
+        return optax.apply_updates(p, u), state
+
+    return {
+        "part_draw": lambda: draw(next(draw_keys)),
+        "part_losses": lambda: losses(candidates, data),
+        "part_sum": lambda: weighted_sum(weights, candidates),
+        "part_grad": lambda: grad_jit(params, data),
+        "part_update": lambda: update(grads, opt_state, params),
+    }
 
 
 def _temp_bytes(jitted: Any, *args: Any) -> Callable[[], int]:
@@ -170,11 +231,11 @@ def _temp_bytes(jitted: Any, *args: Any) -> Callable[[], int]:
 def implementations(
     workload: Workload, n: int, lr: float = 1e-3, probe_scale: float = 0.1
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[], int]]]:
-    """The timed callables (a)-(e) and the two limits for one workload and population size n.
+    """The timed callables (a)-(e), the two limits and (a)'s parts for one workload and n.
 
     Returns:
       ``(steps, temporaries)``: the callables by name, and for each step that is one compiled
-      program (all but ``sequential``), a getter of its temporary bytes
+      program (all but ``sequential`` and the parts), a getter of its temporary bytes
       (``compiled.memory_analysis().temp_size_in_bytes``; it compiles the step again).
     """
     params, surrogate, task_loss, data = workload
@@ -236,6 +297,7 @@ def implementations(
         "sequential": sequential,
     }
     temporaries["limit"] = _temp_bytes(limit_step, params, sgd_state, jax.random.key(1), data)
+    out.update(_parts(params, grad_jit, task_loss, data, n, sigma, sgd))
     out.update(_evosax_steps(params, grad_fn, task_loss, data, n, sigma, lr, temporaries))
     out["with_mgs"] = mgs_step_for(
         "with_mgs", mls.with_mgs(adam, probe_scale=probe_scale, num_candidates=n, key=0)
@@ -257,6 +319,7 @@ RATIOS = (
     ("a_anti/d_guided_es", "mgs_antithetic", "guided_es"),
     ("with_mgs/b", "with_mgs", "limit_adam"),
     ("a/a_all", "mgs", "mgs_all_at_once"),
+    ("a/parts", "mgs", PARTS),
 )
 
 
@@ -363,6 +426,10 @@ def run(args: argparse.Namespace, out: str | None = None) -> dict[str, Any]:
                 f"{name} {b / (4 * num_params):.0f}" for name, b in cell["temp_bytes"].items()
             )
             print(f"{'':<14}temporaries, float32 parameter copies: {copies}", flush=True)
+            parts = "  ".join(
+                f"{name.removeprefix('part_')} {1e3 * cell['seconds'][name]:.2f}" for name in PARTS
+            )
+            print(f"{'':<14}parts of (a), median ms: {parts}", flush=True)
     return _results(args, cells)
 
 
@@ -402,7 +469,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     cells = [c for c in results["cells"] if c["workload"].startswith("mlp")]
     if not cells:
         return
-    names = list(cells[0]["seconds"])
+    names = [name for name in cells[0]["seconds"] if name not in PARTS]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     d_max, n_max = max(c["d"] for c in cells), max(c["n"] for c in cells)
     for name in names:

@@ -1,6 +1,7 @@
 """The benchmarks run (tiny sizes, no timing assertions)."""
 
 import json
+import math
 import pathlib
 import sys
 
@@ -62,10 +63,13 @@ def test_speed_smoke_run_writes_paired_ratios(run_benchmark, tmp_path):
         "with_mgs",
         "limit_adam",
     }
+    # Step (a)'s irreducible parts, each timed alone.
+    parts = {"part_draw", "part_losses", "part_sum", "part_grad", "part_update"}
     for cell in results["cells"]:
-        assert set(cell["seconds"]) == steps
+        assert set(cell["seconds"]) == steps | parts
+        assert all(cell["seconds"][name] > 0 for name in parts)
         assert {name: len(t) for name, t in cell["samples"].items()} == dict.fromkeys(
-            steps, results["repeats"]
+            steps | parts, results["repeats"]
         )
         assert set(cell["ratios"]) == {
             "a/b",
@@ -76,9 +80,12 @@ def test_speed_smoke_run_writes_paired_ratios(run_benchmark, tmp_path):
             "a_anti/d_guided_es",
             "with_mgs/b",
             "a/a_all",
+            "a/parts",
         }
         for ratio in cell["ratios"].values():
             assert 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
+        # (a) against the sum of its parts, per repetition.
+        assert all(math.isfinite(v) and v > 0 for v in cell["ratios"]["a/parts"].values())
         assert set(cell["load"]) == {"start", "end"}
         # XLA's temporary bytes of every step that is one program (all but the Python loop).
         assert set(cell["temp_bytes"]) == steps - {"sequential"}
