@@ -42,14 +42,8 @@ def test_the_api_reference_lists_every_name_of_mlesearch_all():
     assert not missing, f"docs/api.md lists no autosummary entry for {missing}"
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    if importlib.util.find_spec("sphinx") is None:
-        pytest.skip(
-            'sphinx is not installed; pip install ".[docs]" (or ".[test]") to build the docs'
-        )
-    # myst-nb writes the notebooks' images beside the output folder, so both go in this one.
-    out = tmp_path_factory.mktemp("docs") / "html"
+def _build_site(out: pathlib.Path) -> None:
+    """Builds the site into ``out``: offline, warnings as errors."""
     result = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", DOCS, out],
         env={**os.environ, "MLESEARCH_DOCS_OFFLINE": "1"},
@@ -58,14 +52,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         timeout=600,
     )
     assert result.returncode == 0, f"sphinx-build failed:\n{result.stderr[-6000:]}"
-    return out
+    assert (out / "index.html").is_file()
 
 
-def test_the_site_builds_without_a_warning(site):
-    assert (site / "index.html").is_file()
-
-
-def test_every_name_of_the_api_reference_has_its_page(site):
+def _check_api_pages(site: pathlib.Path) -> None:
+    """Every name of ``__all__`` and of docs/api.md has a page that api.html links to."""
     api_page = (site / "api.html").read_text()
     for name in [f"mlesearch.{name}" for name in mlesearch.__all__] + _api_reference_names():
         page = f"_autosummary/{name}.html"
@@ -73,10 +64,26 @@ def test_every_name_of_the_api_reference_has_its_page(site):
         assert f'href="{page}"' in api_page, f"api.html does not link to {name}"
 
 
-def test_every_notebook_is_a_page_with_its_stored_outputs(site):
+def _check_notebook_pages(site: pathlib.Path) -> None:
+    """Every notebook is a page with its stored outputs; the jupytext twins are not pages."""
     assert NOTEBOOKS
     for notebook in NOTEBOOKS:
         page = (site / "notebooks" / notebook.with_suffix(".html").name).read_text()
         assert "cell_output" in page, f"{notebook.name} is rendered without its outputs"
-    # The jupytext twins (.py) are not pages.
     assert not list((site / "_sources" / "notebooks").glob("*.py*"))
+
+
+def test_the_site_builds_without_a_warning_with_every_api_name_and_notebook(tmp_path):
+    """One test, so that parallel workers never build into the same source tree at once.
+
+    The build writes the autosummary pages into docs/_autosummary, in the source tree.
+    """
+    if importlib.util.find_spec("sphinx") is None:
+        pytest.skip(
+            'sphinx is not installed; pip install ".[docs]" (or ".[test]") to build the docs'
+        )
+    # myst-nb writes the notebooks' images beside the output folder, so both go in this one.
+    site = tmp_path / "html"
+    _build_site(site)
+    _check_api_pages(site)
+    _check_notebook_pages(site)
