@@ -1,5 +1,7 @@
 """The Python examples of the README and of the docs pages run as written."""
 
+import ast
+import inspect
 import pathlib
 import re
 
@@ -59,3 +61,16 @@ def test_ci_runs_the_readme_commands():
     ci = (README.parent / ".ci" / "run").read_text().splitlines()
     for command in commands:
         assert command.strip() in ci
+
+
+def test_the_guide_states_the_defaults_of_with_mgs():
+    """docs/guide.md's "start from the defaults" list names every default as the code has it."""
+    import mlesearch as mls
+
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    start = guide.index("Start from `with_mgs` with its defaults")
+    stated = dict(re.findall(r"`(\w+)=([^`]+)`", guide[start : guide.index("read", start)]))
+    assert len(stated) >= 9, stated
+    parameters = inspect.signature(mls.with_mgs).parameters
+    for name, text in stated.items():
+        assert parameters[name].default == ast.literal_eval(text), name
