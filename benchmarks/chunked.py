@@ -2,7 +2,8 @@
 
 `mgs(chunk_size=c)` bounds memory by evaluating and summing c candidates at a time inside a loop
 (with a fixed α, each chunk is folded into the weighted mean as it is evaluated; with
-``temperature="auto"``, the chunks are drawn a second time for the sum); this measures what that
+``temperature="auto"``, the chunks are drawn a second time for the sum, on CPU in cache-sized
+chunks); this measures what that
 costs against the unchunked step (``chunk_size=n``: all n candidates in one vmap), with a cheap
 task loss, so that the candidates' drawing and summing dominate, for d float32 parameters shaped
 as one vector (``vector``) or as the four leaves of ``speed.py``'s MLP (``mlp``: two weight

@@ -125,20 +125,15 @@ def lm_workload(size: str = "small", batch: int = 16, length: int = 32):
     return params, surrogate, task_loss, (tokens,)
 
 
-def _draw_noise(key: jax.Array, leaves: list[Any], n: int) -> list[jax.Array]:
-    """n standard normals per entry of ``leaves``, stacked on a leading axis, one key per leaf."""
-    keys = jax.random.split(key, len(leaves))
-    return [jax.random.normal(k, (n, *x.shape), x.dtype) for k, x in zip(keys, leaves, strict=True)]
-
-
-def _fastest_draw(key: jax.Array, leaves: list[Any], n: int) -> list[jax.Array]:
-    """The same normals as `_draw_noise`'s shapes, drawn as ``mgs`` draws them on this backend.
-
-    The draw part of ``a/parts``: on CPU the step's written-out threefry draw is several times
-    faster than ``jax.random.normal``, so timing jax's draw would not bound the step from below.
+def _draw_noise(
+    key: jax.Array, leaves: list[Any], n: int, *, written_out: bool = False
+) -> list[jax.Array]:
+    """n float32 standard normals per entry of ``leaves``, stacked on a leading axis, one key per
+    leaf: ``jax.random.normal``'s values, drawn by jax or, with ``written_out``, by the
+    written-out threefry that ``mgs`` uses on CPU (several times faster there). The draw part of
+    ``a/parts`` draws as ``mgs`` does on this backend, so that it bounds the step from below.
     """
     keys = jax.random.split(key, len(leaves))
-    written_out = sampling._written_out_by_default()
     return [
         _threefry.standard_normal(k, n * x.size, written_out=written_out).reshape(n, *x.shape)
         for k, x in zip(keys, leaves, strict=True)
@@ -213,7 +208,8 @@ def _parts(
     a new key at every call (from a cycle of 16).
     """
     leaves, treedef = jax.tree.flatten(params)
-    draw = jax.jit(lambda key: _fastest_draw(key, leaves, n))
+    written_out = sampling._written_out_by_default()
+    draw = jax.jit(lambda key: _draw_noise(key, leaves, n, written_out=written_out))
     draw_keys = itertools.cycle(list(jax.random.split(jax.random.key(2), 16)))
     noise = draw(jax.random.key(3))
     candidates = jax.tree.unflatten(

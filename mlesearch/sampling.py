@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
@@ -131,13 +132,14 @@ def proposal_scales(guide: chex.ArrayTree, sigma: chex.Numeric, noise: str = "ab
     return jax.tree.map(relative, guide)
 
 
-def _written_out_by_default() -> bool:
-    """Whether the public samplers write their draws out (`_threefry`): on CPU, as `mgs` does.
+def _written_out_by_default(backend: str | None = None) -> bool:
+    """Whether draws on ``backend`` (the default backend if None) are written out (`_threefry`):
+    on CPU. The one place that says so, for the public samplers and for the steps of `mgs`.
 
     The same normals either way, bit for bit; on CPU the written-out draw is faster (the
-    figures are beside the rule with which `mlesearch.transform` decides it for a step).
+    figures are beside the rules with which `mlesearch.transform` plans a step).
     """
-    return jax.default_backend() == "cpu"
+    return (backend or jax.default_backend()) == "cpu"
 
 
 def _standard_normal_like(key: jax.Array, tree: chex.ArrayTree, *, written_out: bool) -> Any:
@@ -737,7 +739,7 @@ def _init_running_weighted_mean(like: Any) -> _RunningWeightedMean:
         best_loss=inf,
         min_log_q=inf,
         half_log_mass=-inf,
-        mean=jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), like),
+        mean=jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), like),
     )
 
 
@@ -748,6 +750,7 @@ def _update_running_weighted_mean(
     perturbations: Any,
     temperature: chex.Numeric = 1.0,
     weighting: str = "importance",
+    weighted_sum: Callable[[jax.Array, Any], Any] | None = None,
 ) -> _RunningWeightedMean:
     r"""Folds a chunk of candidates into a running weighted mean of the perturbations.
 
@@ -765,6 +768,8 @@ def _update_running_weighted_mean(
       temperature: α, the same for every chunk; α ≤ 0 takes the α → 0⁺ limit, as in
         `candidate_weights`; ignored for ``"uniform"``.
       weighting: ``"importance"``, ``"tilted"`` or ``"uniform"``.
+      weighted_sum: ``(w, perturbations) -> Σᵢ wᵢ Δᵢ`` in float32 for weights of shape ``(c,)``,
+        or None for one ``tensordot`` per leaf (a caller with a mesh places the result).
 
     Returns:
       The updated `_RunningWeightedMean`.
@@ -777,9 +782,12 @@ def _update_running_weighted_mean(
         candidate_losses, log_proposals, weighting
     )
     weights, half_log_mass = _softmax_and_log_mass(half_loss, half_log_q, valid, temperature)
-    chunk_mean = jax.tree.map(
-        lambda d: jnp.tensordot(weights, d, axes=1).astype(jnp.float32), perturbations
-    )
+    if weighted_sum is None:
+        chunk_mean = jax.tree.map(
+            lambda d: jnp.tensordot(weights, d, axes=1).astype(jnp.float32), perturbations
+        )
+    else:
+        chunk_mean = weighted_sum(weights, perturbations)
     new_best = jnp.minimum(running.best_loss, best)
     new_min_log_q = jnp.minimum(running.min_log_q, min_log_q)
 

@@ -1,9 +1,9 @@
 r"""The MGS optax transformation :func:`mgs`, its state :class:`MGSState` and :class:`MGSInfo`.
 
 This module holds the plumbing: argument checks, PRNG keys carried in state, routing of extra
-arguments to the task loss, and the passes over the candidates: all at once, or chunk by chunk,
-each chunk folded into the weighted mean as it is evaluated (or, when α is chosen from every loss,
-drawn again from its keys for the weighted sum once α is known). The maths is in `sampling.py`.
+arguments to the task loss, placement on a mesh, and the one pass over the candidates: chunk by
+chunk (all n at once by default), each chunk folded into the weighted mean as it is evaluated.
+The maths is in `sampling.py`.
 
 References:
   [1] Welleck & Cho, `MLE-guided parameter search for task loss minimization in neural sequence
@@ -15,7 +15,6 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlesearch import _checks, _utils, sampling
+from mlesearch import _checks, _mesh, _utils, sampling
 
 
 class MGSInfo(NamedTuple):
@@ -49,225 +48,33 @@ class MGSState(NamedTuple):
     info: MGSInfo  # diagnostics of the last step (zeros before the first).
 
 
-def _candidate_sharding(
-    mesh: jax.sharding.Mesh | None, axis: str | tuple[str, ...] | None
-) -> jax.sharding.NamedSharding | None:
-    """The sharding of the candidate axis over ``axis`` of ``mesh``, checked; None without mesh."""
-    if mesh is None:
-        if axis is not None:
-            raise ValueError("candidate_axis needs a mesh: pass mesh=jax.sharding.Mesh(...).")
-        return None
-    if not isinstance(mesh, jax.sharding.Mesh):
-        raise ValueError(
-            f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}. Build one with "
-            'jax.make_mesh((jax.device_count(),), ("candidates",)).'
-        )
-    if axis is None:
-        axis = mesh.axis_names[0]
-    names = (axis,) if isinstance(axis, str) else tuple(axis)
-    unknown = [name for name in names if name not in mesh.axis_names]
-    if unknown:
-        raise ValueError(
-            f"candidate_axis {unknown} is not an axis of the mesh, whose axes are "
-            f"{mesh.axis_names}."
-        )
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
-
-
-def _on_explicit_mesh(trees: Any) -> bool:
-    """Whether a mesh is in context, or any array of ``trees`` is typed on a mesh with an
-    Explicit axis.
-
-    An array placed on such a mesh carries it in its type whether it is sharded over the mesh
-    or replicated on it (as the global arrays of a multi-process run are, made with
-    ``jax.make_array_from_process_local_data``), and it cannot meet an array typed on an Auto
-    copy of the mesh.
-    """
-    if not jax.sharding.get_abstract_mesh().empty:
-        return True
-    for leaf in jax.tree.leaves(trees):
-        mesh = getattr(getattr(jax.typeof(leaf), "sharding", None), "mesh", None)
-        if (
-            mesh is not None
-            and not mesh.empty
-            and jax.sharding.AxisType.Explicit in mesh.axis_types
-        ):
-            return True
-    return False
-
-
-def _resolve_sharding(
-    sharding: jax.sharding.NamedSharding | None, trees: Any
-) -> jax.sharding.NamedSharding | None:
-    """The candidate sharding to use for this call.
-
-    With a mesh whose candidate axis is Explicit (``jax.make_mesh``'s default), arrays sharded
-    over that mesh carry the sharding in their types, and the candidates must be placed in the
-    same typed world: the mesh is used as given. When no input lives on such a mesh (a batch on
-    one device), the same devices are used through an Auto copy of the mesh, where a sharding
-    hint is enough.
-    """
-    if not _is_explicit(sharding) or _on_explicit_mesh(trees):
-        return sharding
-    mesh = sharding.mesh
-    auto_mesh = jax.sharding.Mesh(
-        mesh.devices,
-        mesh.axis_names,
-        axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names),
-    )
-    return jax.sharding.NamedSharding(auto_mesh, sharding.spec)
-
-
-def _is_explicit(sharding: jax.sharding.NamedSharding | None) -> bool:
-    """Whether the candidate axis of the mesh is Explicit (``jax.make_mesh``'s default)."""
-    if sharding is None:
-        return False
-    axis = sharding.spec[0]
-    names = (axis,) if isinstance(axis, str) else tuple(axis)
-    types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types, strict=True))
-    return any(types[name] == jax.sharding.AxisType.Explicit for name in names)
-
-
-def _gather(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
-    """Replicates small per-candidate outputs (losses) over an Explicit mesh; else ``x``."""
-    if not _is_explicit(sharding):
-        return x
-    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.sharding.reshard(x, replicated)
-
-
-def _weighted_sum(weights: jax.Array, deltas: Any, like: Any, sharding: Any) -> Any:
-    """Σᵢ wᵢ Δᵢ over the leading axis of each leaf of ``deltas``, as one dot per leaf.
-
-    Over an Explicit mesh the contraction runs over the sharded candidate axis, so the result
-    is given the sharding of the matching leaf of ``like`` (the guide).
-    """
-    if not _is_explicit(sharding):
-        return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
-    return jax.tree.map(
-        lambda d, u: jnp.einsum("n,n...->...", weights, d, out_sharding=jax.typeof(u).sharding),
-        deltas,
-        like,
-    )
-
-
-def _mesh_context(
-    sharding: jax.sharding.NamedSharding | None,
-) -> contextlib.AbstractContextManager[Any]:
-    """The user's mesh as the current one when its candidate axis is Explicit, else nothing.
-
-    Explicit axes need the mesh in context to trace operations on arrays sharded over them.
-    """
-    if not _is_explicit(sharding):
-        return contextlib.nullcontext()
-    return jax.sharding.use_abstract_mesh(sharding.mesh.abstract_mesh)
-
-
-def _constrain(x: Any, sharding: jax.sharding.NamedSharding | None) -> Any:
-    """Puts the leading (candidate) axis of every leaf of ``x`` on the candidate axis of the mesh.
-
-    Explicit mesh axes carry their sharding in the arrays' types and are moved with
-    ``jax.sharding.reshard``, which splits an axis only evenly: a leading axis that the
-    candidate axis's devices do not divide (a chunk of 3 on 2 devices) is replicated instead,
-    every device evaluating all of it. Auto axes take a ``with_sharding_constraint`` hint.
-    """
-    if sharding is None:
-        return x
-    if not _is_explicit(sharding):
-        return jax.lax.with_sharding_constraint(x, sharding)
-    axis = sharding.spec[0]
-    names = (axis,) if isinstance(axis, str) else tuple(axis)
-    devices = math.prod(sharding.mesh.shape[name] for name in names)
-    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.tree.map(
-        lambda leaf: jax.sharding.reshard(
-            leaf, sharding if jnp.shape(leaf)[0] % devices == 0 else replicated
-        ),
-        x,
-    )
-
-
-def _scan_over_chunks(
-    body: Callable[[Any, jax.Array], tuple[Any, Any]],
-    carry: Any,
-    indices: jax.Array,
-    chunk: int,
-    sharding: jax.sharding.NamedSharding | None = None,
+def _over_chunks(
+    body: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any, chunk: int
 ) -> tuple[Any, Any]:
-    """``body(carry, indices)`` on consecutive slices of ``chunk`` indices, in a loop.
+    """``body(carry, rows)`` on consecutive slices of ``chunk`` rows of ``xs``, in a loop.
 
-    ``jax.lax.scan`` over the full slices, then ``body`` once more on the remainder when
-    ``chunk`` does not divide the number of indices. Returns the last carry and the outputs
-    concatenated along their leading axis (which may hold a multiple of each slice's length:
-    candidates drawn by pairs), replicated over an Explicit mesh with ``sharding``.
+    ``jax.lax.scan`` over the full slices (a single one is traced without a loop: XLA runs loop
+    bodies with less parallelism than top-level code), then ``body`` once more on the remainder
+    when ``chunk`` does not divide the number of rows. Returns the last carry and the outputs
+    joined along their leading axis (which may hold a multiple of each slice's rows).
     """
-    count = indices.shape[0]
-    num_full = count // chunk
+    count = jax.tree.leaves(xs)[0].shape[0]
+    num_full, rest = divmod(count, chunk)
     split = num_full * chunk
     parts = []
-    if num_full > 0:
-        carry, full = jax.lax.scan(body, carry, indices[:split].reshape(num_full, chunk))
-        full = _gather(full, sharding)
-        parts.append(jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), full))
-    if split < count:
-        carry, rest = body(carry, indices[split:])
-        parts.append(_gather(rest, sharding))
-    outputs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts) if len(parts) > 1 else parts[0]
-    return carry, outputs
-
-
-def _sum_over_candidates(
-    draw: Callable[[jax.Array], Any],
-    weights: jax.Array,
-    like: Any,
-    chunk_size: int,
-    sharding: jax.sharding.NamedSharding | None = None,
-    group: int = 1,
-) -> Any:
-    """Computes Σᵢ wᵢ draw(i) over candidates, with at most ``chunk_size`` of them live at once.
-
-    Each chunk's candidates are drawn with one vmap and summed with one dot per leaf
-    (`_weighted_sum`): a reduce over a broadcast [chunk, d] product inside the loop body runs
-    single-threaded on XLA:CPU and made chunked steps several times slower. With ``sharding``,
-    each chunk's candidates are split over its devices. ``like`` (the guide) gives the float32
-    zeros that the sum starts from and, over an Explicit mesh, the sharding of each leaf. With
-    ``group`` > 1 (a divisor of n and of ``chunk_size``), ``draw(j)`` returns candidates
-    ``group·j .. group·j + group - 1`` stacked on a leading axis (antithetic pairs: 2).
-    """
-    num_candidates = weights.shape[0] // group
-    chunk_size = chunk_size // group
-    indices = jnp.arange(num_candidates, dtype=jnp.int32)
-    weights = weights.reshape(num_candidates, group) if group > 1 else weights
-
-    def chunk_sum(chunk_indices: jax.Array, chunk_weights: jax.Array) -> Any:
-        chunk_indices = _constrain(chunk_indices, sharding)
-        chunk_weights = _constrain(chunk_weights, sharding)
-        deltas = _constrain(jax.vmap(draw)(chunk_indices), sharding)
-        if group > 1:
-            deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), deltas)
-            chunk_weights = chunk_weights.reshape(-1)
-        return _weighted_sum(chunk_weights, deltas, like, sharding)
-
-    num_full = num_candidates // chunk_size
-    total = optax.tree.zeros_like(like, dtype=jnp.float32)
-    if num_full > 0:
-        split = num_full * chunk_size
-
-        def body(carry: Any, xs: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
-            return optax.tree.add(carry, chunk_sum(*xs)), None
-
-        total, _ = jax.lax.scan(
-            body,
-            total,
-            (
-                indices[:split].reshape(num_full, chunk_size),
-                weights[:split].reshape(num_full, chunk_size, *weights.shape[1:]),
-            ),
-        )
-    if num_full * chunk_size < num_candidates:
-        start = num_full * chunk_size
-        total = optax.tree.add(total, chunk_sum(indices[start:], weights[start:]))
-    return total
+    if num_full == 1:
+        carry, out = body(carry, jax.tree.map(lambda x: x[:split], xs))
+        parts.append(out)
+    elif num_full > 1:
+        rows = jax.tree.map(lambda x: x[:split].reshape(num_full, chunk, *x.shape[1:]), xs)
+        carry, out = jax.lax.scan(body, carry, rows)
+        parts.append(jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out))
+    if rest:
+        carry, out = body(carry, jax.tree.map(lambda x: x[split:], xs))
+        parts.append(out)
+    if len(parts) == 1:
+        return carry, parts[0]
+    return carry, jax.tree.map(lambda *x: jnp.concatenate(x), *parts)
 
 
 # The default memory_budget of chunk_size="auto": 1 GiB of float32 perturbations.
@@ -307,8 +114,8 @@ def auto_chunk_size(num_candidates: int, params: Any, memory_budget: int) -> int
 class _Plan(NamedTuple):
     """How one step goes through its candidates; made by `_execution_plan`."""
 
-    chunk: int  # candidates drawn and evaluated at once; n when not chunked.
-    by_pairs: bool  # antithetic pairs drawn together, from one noise draw.
+    chunk: int  # candidates drawn and evaluated at once (whole antithetic pairs); n for all.
+    sum_chunk: int  # with temperature="auto", candidates drawn again and summed at once.
     written_out_draw: bool  # normals through `_threefry` rather than jax.random.normal.
 
 
@@ -330,26 +137,21 @@ def _execution_plan(
 
     Every path gives the same candidates, bit for bit, and the same update up to the order of
     floating-point sums. The chunk is ``chunk_size``'s: n for None, `auto_chunk_size` for
-    ``"auto"``, else the given one. Antithetic pairs are drawn together where no mesh splits
-    them and every chunk holds whole pairs. On CPU two speed rules follow, each kept for a gain of
-    more than 15 % in several cells of interleaved benchmarks (paired ratios; figures in
-    docs/performance.md, runs in docs/benchmark_log.md):
+    ``"auto"``, else the given one; antithetic pairs are drawn together, so a chunk holds whole
+    pairs (rounded down, at least one). On CPU two speed rules follow, each kept for a gain of
+    more than 15 % in several cells of interleaved benchmarks (figures in docs/performance.md):
 
-    - written-out draw: normals from `_threefry`, for any size: `speed.py`'s MLP steps took
-      0.45-0.90 of their time with jax's draw (`benchmarks/draws.py`, d = 10⁴ to 10⁶, n = 16
-      and 32), and 0.58-0.91 at d = 10² to 3 · 10³ (scratch runs).
+    - written-out draw: normals from `_threefry` at any size (0.45-0.90 of the step's time with
+      jax's draw, `benchmarks/draws.py`).
     - cache-sized chunks: with a fixed α, no mesh and ``chunk_size`` None or ``"auto"``, a step
       whose n perturbations exceed ``_CPU_CHUNK_BYTES`` goes in chunks of the largest power of
-      two that fits (at least 1, 2 for antithetic pairs), folded into the weighted mean as they
-      are evaluated, so that a chunk stays in cache from its draw to the sum: 0.52-0.79 of the
-      all-at-once step's time (`benchmarks/speed.py`, a/a_all: d = 10⁵ with n = 16 and 32,
-      d = 10⁶ with n = 4 to 32, the LM with n = 16 and 32); no gain below (d = 10⁴, n = 32;
-      d = 10⁵, n = 4). With ``temperature="auto"`` (chunks drawn twice) it was mixed, 0.86 to
-      1.27, so that step keeps its chunk.
+      two that fits, so that a chunk stays in cache from its draw to the sum (0.52-0.79 of the
+      all-at-once step's time, `benchmarks/speed.py`). With ``temperature="auto"``, whose chunks
+      are drawn twice, it was mixed (0.86-1.27), so that step keeps its chunk; but when it is
+      chunked, the pass that draws the chunks again for the sum (no task loss) goes in
+      cache-sized chunks.
 
-    Candidates are drawn with one vmap everywhere: a loop over large draws on CPU, once 0.66-0.70
-    of the vmap's time with jax's draw, timed alike with the written-out one (0.96-1.04 at
-    d = 3 · 10⁵ and 10⁶). Other backends keep jax's draw and the given chunk (not measured there).
+    Other backends keep jax's draw and the given chunk (not measured there).
 
     Args:
       num_candidates: n.
@@ -371,14 +173,22 @@ def _execution_plan(
         chunk = auto_chunk_size(num_candidates, params, memory_budget)
     else:
         chunk = chunk_size
-    cpu = backend == "cpu"
-    if cpu and not isinstance(chunk_size, int) and not auto_temperature and sharding is None:
+    cache_chunk = chunk
+    if backend == "cpu" and sharding is None:
         fits = auto_chunk_size(num_candidates, params, _CPU_CHUNK_BYTES)
-        if fits < num_candidates:
-            cache_chunk = 1 << (fits.bit_length() - 1)  # the largest power of two that fits
-            chunk = min(chunk, max(cache_chunk, 2 if antithetic else 1))
-    by_pairs = antithetic and sharding is None and chunk % 2 == 0
-    return _Plan(chunk=chunk, by_pairs=by_pairs, written_out_draw=cpu)
+        if fits < num_candidates:  # the largest power of two that fits
+            cache_chunk = min(chunk, 1 << (fits.bit_length() - 1))
+    if not auto_temperature and not isinstance(chunk_size, int):
+        chunk = cache_chunk
+
+    def whole_pairs(c: int) -> int:
+        return max(2, c - c % 2) if antithetic else c
+
+    return _Plan(
+        chunk=whole_pairs(chunk),
+        sum_chunk=whole_pairs(cache_chunk if auto_temperature else chunk),
+        written_out_draw=sampling._written_out_by_default(backend),
+    )
 
 
 class _Settings(NamedTuple):
@@ -464,7 +274,7 @@ def _check_settings(
         weighting=weighting,
         noise=noise,
         antithetic=bool(antithetic),
-        sharding=_candidate_sharding(mesh, candidate_axis),
+        sharding=_mesh.candidate_sharding(mesh, candidate_axis),
         # Under inject_hyperparams without "key" in static_args the key arrives as an array:
         # traced in update (where it is not needed) and concrete in init (where it is).
         key=None if _checks.is_tracer(key) else _utils.canonicalize_key(key),
@@ -509,88 +319,6 @@ def _bound_task_loss(
     return loss_fn, loss_kwargs
 
 
-def _evaluate_candidates(
-    draw: Callable[[jax.Array], tuple[Any, jax.Array]],
-    loss_at: Callable[[jax.Array, Any], jax.Array],
-    num_candidates: int,
-    chunk: int,
-    sharding: jax.sharding.NamedSharding | None,
-    draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
-    running_mean: Callable[[Any, jax.Array, jax.Array, Any], Any] | None = None,
-    start: Any = None,
-) -> tuple[jax.Array, jax.Array, Any, Any]:
-    """Every candidate's task loss and log q, chunked and placed on the mesh as asked.
-
-    Args:
-      draw: ``index -> (Δ_index, log q(Δ_index))``.
-      loss_at: ``(index, Δ) -> task loss`` of the candidate.
-      num_candidates: n.
-      chunk: candidates evaluated at once; ``n`` for all at once.
-      sharding: the candidate axis's sharding, or None.
-      draw_pair: with antithetic candidates, ``j -> (Δ_2j and Δ_2j+1 stacked, their log q)``
-        from one noise draw, or None. When given, candidates are drawn by pairs (n / 2 noise
-        draws), ``chunk / 2`` pairs at a time; the caller passes it only without a mesh and with
-        an even chunk.
-      running_mean: when chunked, ``(state, losses, log_q, deltas) -> state``, folding each
-        chunk into a running weighted mean as soon as it is evaluated (the weights' temperature
-        is then known before the losses are), or None.
-      start: the state ``running_mean`` starts from.
-
-    Returns:
-      ``(losses, log_q, deltas, state)``: losses and log q of shape ``(n,)``; ``deltas``, the
-      stacked candidates (leaves ``(n, *shape)``) when all were drawn at once and are kept for
-      the weighted sum, else None; ``state``, the last state of ``running_mean`` when chunked
-      with one, else None. When chunked without one, the weighted sum draws the candidates
-      again from their keys.
-    """
-
-    def evaluate(chunk_indices: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
-        if draw_pair is not None:
-            # Antithetic pairs share their noise: one draw for two candidates.
-            pairs, log_q = jax.vmap(draw_pair)(chunk_indices)
-            deltas = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), pairs)
-            members = 2 * chunk_indices[:, None] + jnp.arange(2, dtype=jnp.int32)
-            return deltas, jax.vmap(loss_at)(members.reshape(-1), deltas), log_q.reshape(-1)
-        placed = _constrain(chunk_indices, sharding)
-        deltas, log_q = _constrain(jax.vmap(draw)(placed), sharding)
-        losses = _constrain(jax.vmap(loss_at)(placed, deltas), sharding)
-        return deltas, losses, log_q
-
-    group = 1 if draw_pair is None else 2
-    indices = jnp.arange(num_candidates // group, dtype=jnp.int32)
-    if chunk >= num_candidates:
-        # All at once: draw them once, keep them for the weighted sum, and evaluate them with
-        # one vmap (XLA runs loop bodies with less parallelism than top-level code).
-        deltas, losses, log_q = evaluate(indices)
-        return losses, log_q, deltas, None
-
-    def body(state: Any, chunk_indices: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
-        deltas, losses, log_q = evaluate(chunk_indices)
-        if running_mean is not None:
-            state = running_mean(state, losses, log_q, deltas)
-        return state, (losses, log_q)
-
-    state, (losses, log_q) = _scan_over_chunks(body, start, indices, chunk // group, sharding)
-    return losses, log_q, None, state
-
-
-def _weighted_mean(
-    weights: jax.Array,
-    deltas: Any,
-    draw: Callable[[jax.Array], tuple[Any, jax.Array]],
-    like: Any,
-    chunk: int,
-    sharding: jax.sharding.NamedSharding | None,
-    draw_pair: Callable[[jax.Array], tuple[Any, jax.Array]] | None = None,
-) -> Any:
-    """Σᵢ wᵢ Δᵢ in float32: from the kept ``deltas``, or drawn again chunk by chunk if None."""
-    if deltas is not None:
-        return _weighted_sum(weights, deltas, like, sharding)
-    if draw_pair is not None:
-        return _sum_over_candidates(lambda j: draw_pair(j)[0], weights, like, chunk, group=2)
-    return _sum_over_candidates(lambda i: draw(i)[0], weights, like, chunk, sharding)
-
-
 def _step(
     settings: _Settings,
     updates: Any,
@@ -601,7 +329,14 @@ def _step(
     plan: _Plan,
 ) -> tuple[Any, MGSState]:
     """One MGS step on checked arguments, along ``plan``: draw, evaluate and weigh the
-    candidates."""
+    candidates.
+
+    One engine, `_over_chunks`, goes through the candidates ``plan.chunk`` at a time (antithetic
+    pairs drawn together from one noise draw), each chunk folded into a running weighted mean
+    (an online softmax) as soon as it is evaluated. With ``temperature="auto"`` α needs every
+    loss first: the losses are evaluated chunk by chunk, α is chosen, and one more pass draws
+    the chunks again and folds them in, unless all the candidates were drawn at once and kept.
+    """
     next_key, step_key = jax.random.split(state.key)
     num_zero_mean = settings.num_zero_mean
     # A guide with a NaN or inf anywhere cannot place the guided candidates: they are drawn
@@ -614,91 +349,108 @@ def _step(
     guide = jax.tree.map(lambda u: jnp.where(jnp.isfinite(u), u, jnp.zeros_like(u)), updates)
     scales = sampling.proposal_scales(updates, settings.sigma, settings.noise)
     share = jnp.where(guide_is_finite, num_zero_mean / settings.num_candidates, 1.0)
+    sample = (guide, scales, num_zero_mean, share)
+    group = 2 if settings.antithetic else 1
+    written_out = plan.written_out_draw
 
-    def draw(index: jax.Array) -> tuple[Any, jax.Array]:
-        # On a low-precision leaf the candidate really evaluated is round(θ + Δ): its effective
-        # perturbation is the one returned, and the one in log q.
-        return sampling._sample_candidate_and_log_q(
-            step_key,
-            index,
-            guide,
-            scales,
-            num_zero_mean,
-            share,
-            settings.antithetic,
-            params,
-            written_out=plan.written_out_draw,
-        )
-
-    def draw_pair(pair: jax.Array) -> tuple[Any, jax.Array]:
-        return sampling._sample_antithetic_pair_and_log_q(
-            step_key,
-            pair,
-            guide,
-            scales,
-            num_zero_mean,
-            share,
-            params,
-            written_out=plan.written_out_draw,
-        )
+    def draw(groups: jax.Array) -> tuple[jax.Array, Any, jax.Array]:
+        # Candidates group·j .. group·j + group - 1 of each j in ``groups``: their indices,
+        # perturbations and log q. On a low-precision leaf the candidate really evaluated is
+        # round(θ + Δ): its effective perturbation is the one returned, and the one in log q.
+        groups = _mesh.constrain(groups, sharding)
+        if group == 1:
+            drawn = jax.vmap(
+                lambda i: sampling._sample_candidate_and_log_q(
+                    step_key, i, *sample, params=params, written_out=written_out
+                )
+            )(groups)
+            return _mesh.constrain((groups, *drawn), sharding)
+        pairs, log_q = jax.vmap(
+            lambda j: sampling._sample_antithetic_pair_and_log_q(
+                step_key, j, *sample, params, written_out=written_out
+            )
+        )(groups)
+        members = 2 * groups[:, None] + jnp.arange(2, dtype=jnp.int32)
+        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), (members, pairs, log_q))
+        return _mesh.constrain(flat, sharding)
 
     def loss_at(index: jax.Array, delta: Any) -> jax.Array:
         candidate = jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, delta)
         loss = jnp.asarray(loss_fn(candidate), jnp.float32)
         return jnp.where(guide_is_finite | (index < num_zero_mean), loss, jnp.nan)
 
-    chunk = plan.chunk
-    pairs = draw_pair if plan.by_pairs else None
-    fixed_alpha = not isinstance(settings.temperature, str)
-    alpha = None
-    if fixed_alpha:
+    use_log_q = settings.weighting == "importance"
+
+    def fold(running: Any, losses: jax.Array, log_q: jax.Array, deltas: Any) -> Any:
+        return sampling._update_running_weighted_mean(
+            running,
+            losses,
+            log_q if use_log_q else None,
+            deltas,
+            alpha,
+            settings.weighting,
+            weighted_sum=lambda w, d: _mesh.weighted_sum(w, d, guide, sharding),
+        )
+
+    def search(known: Any = None, keep: bool = False) -> tuple[Any, Any]:
+        """One pass over the chunks: evaluates them (or takes their ``known`` losses and log q),
+        folds them in once α is known, and returns the running mean and, replicated, the
+        losses and log q (and the candidates, with ``keep``)."""
+
+        def body(running: Any, rows: tuple[jax.Array, Any]) -> tuple[Any, Any]:
+            groups, known_rows = rows
+            members, deltas, log_q = draw(groups)
+            if known_rows is None:
+                losses = _mesh.constrain(jax.vmap(loss_at)(members, deltas), sharding)
+            else:
+                losses, log_q = (x.reshape(-1) for x in known_rows)
+            if alpha is not None:
+                running = fold(running, losses, log_q, deltas)
+            return running, (
+                _mesh.gather(losses, sharding),
+                _mesh.gather(log_q, sharding),
+                deltas if keep else None,
+            )
+
+        count = settings.num_candidates // group
+        rows = (jnp.arange(count, dtype=jnp.int32), known)
+        return _over_chunks(
+            body, start, rows, (plan.chunk if known is None else plan.sum_chunk) // group
+        )
+
+    start = sampling._init_running_weighted_mean(guide)
+    auto = isinstance(settings.temperature, str)
+    if not auto:
         # A traced α that is not positive (a schedule annealed to 0 reaches -3e-8 by rounding)
         # is the α → 0⁺ limit, which the weights take at α = 0 and MGSInfo reports as 0.
         alpha = jnp.asarray(settings.temperature, jnp.float32)
         alpha = jnp.where(alpha > 0, alpha, 0.0)
-    use_log_q = settings.weighting == "importance"
-    running_mean = start = None
-    if alpha is not None and sharding is None:
-        # With α known before the losses, chunks are folded into the weighted mean as they are
-        # evaluated (an online softmax), so that each candidate is drawn once, not twice. (Over
-        # a mesh, chunks are drawn again for the sum, as with an automatic α.)
-        def running_mean(running: Any, losses: jax.Array, log_q: jax.Array, deltas: Any) -> Any:
-            return sampling._update_running_weighted_mean(
-                running, losses, log_q if use_log_q else None, deltas, alpha, settings.weighting
-            )
-
-        start = sampling._init_running_weighted_mean(guide)
-    losses, log_q, deltas, running = _evaluate_candidates(
-        draw,
-        loss_at,
-        settings.num_candidates,
-        chunk,
-        sharding,
-        pairs,
-        running_mean,
-        start,
-    )
-    log_q = log_q if use_log_q else None
-    if alpha is None:
+        running, (losses, log_q, _) = search()
+    else:
+        alpha = None
+        keep = plan.chunk >= settings.num_candidates
+        _, (losses, log_q, kept) = search(keep=keep)
         previous = state.info.temperature
         alpha = sampling.auto_temperature(
             losses,
-            log_q,
+            log_q if use_log_q else None,
             settings.target_ess,
             settings.weighting,
             fallback=jnp.where(previous > 0, previous, 1.0),
         )
-    weights = sampling.candidate_weights(losses, log_q, alpha, settings.weighting)
-    if running is not None:
-        mean_delta = running.mean
-    else:
-        mean_delta = _weighted_mean(weights, deltas, draw, guide, chunk, sharding, pairs)
+        if keep:
+            running = fold(start, losses, log_q, kept)
+        else:
+            running, _ = search(known=(losses.reshape(-1, group), log_q.reshape(-1, group)))
+    weights = sampling.candidate_weights(
+        losses, log_q if use_log_q else None, alpha, settings.weighting
+    )
     # A traced σ that is not positive searches nothing: the update is the guide (zeros if it
     # is not finite, so that nothing non-finite reaches the update).
     searching = jnp.asarray(settings.sigma, jnp.float32) > 0
     fallback = jax.tree.map(lambda u: jnp.where(guide_is_finite, u, 0.0), guide)
     mean_delta = jax.tree.map(
-        lambda m, u: jnp.where(searching, m, u.astype(jnp.float32)), mean_delta, fallback
+        lambda m, u: jnp.where(searching, m, u.astype(jnp.float32)), running.mean, fallback
     )
     info = MGSInfo(
         candidate_losses=losses,
@@ -748,7 +500,8 @@ def mgs(
       weighting: ``"importance"``, ``"tilted"`` (robust in high dimension) or ``"uniform"``.
       noise: ``"absolute"`` (σ on every leaf) or ``"relative"`` (σ · mean|u| per leaf, as in [1]).
       antithetic: candidates in pairs m ± σε; each component needs an even count.
-      chunk_size: candidates evaluated at once (bounds memory); None or ``"auto"``: chosen.
+      chunk_size: candidates evaluated at once (bounds memory; whole antithetic pairs); None
+        or ``"auto"``: chosen.
       key: an int seed, a typed key (``jax.random.key``) or a raw ``jax.random.PRNGKey``.
       target_ess: with ``temperature="auto"``, the target ESS as a fraction, in (0, 1].
       mesh: a ``jax.sharding.Mesh`` whose devices share the candidates, or None. Static.
@@ -823,7 +576,7 @@ def _transformation(
         **extra_args: Any,
     ) -> tuple[optax.Updates, MGSState]:
         loss_fn, loss_kwargs = _bound_task_loss(updates, params, task_loss_fn, extra_args)
-        sharding = _resolve_sharding(settings.sharding, (updates, params, loss_kwargs))
+        sharding = _mesh.resolve(settings.sharding, (updates, params, loss_kwargs))
         plan = _execution_plan(
             settings.num_candidates,
             params,
@@ -834,7 +587,7 @@ def _transformation(
             settings.antithetic,
             sharding,
         )._replace(**(plan_overrides or {}))
-        with _mesh_context(sharding):
+        with _mesh.context(sharding):
             return _step(settings, updates, state, params, loss_fn, sharding, plan)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

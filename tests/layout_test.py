@@ -73,7 +73,7 @@ def violations(path: Path, source: str | None = None) -> list[str]:
 def test_the_tree_shows_the_layers():
     for layer in LAYERS:
         assert (PACKAGE / layer / "__init__.py").is_file(), layer
-    for module in ("transform", "recipes", "sampling", "_checks", "_utils"):
+    for module in ("transform", "recipes", "sampling", "_mesh", "_threefry", "_checks", "_utils"):
         assert (PACKAGE / f"{module}.py").is_file(), module
     assert (PACKAGE / "experiments" / "tasks").is_dir()
     assert (PACKAGE / "experiments" / "configs").is_dir()

@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
     assert jax.device_count() == 4, jax.devices()
-    chunk_size = json.loads(sys.argv[1])
+    options = json.loads(sys.argv[1])
+    chunk_size = options.get("chunk_size")
     params = {"w": jax.random.normal(jax.random.key(0), (16, 3)), "b": jnp.zeros(3)}
     x = jax.random.normal(jax.random.key(1), (64, 16))
     y = jax.random.randint(jax.random.key(2), (64,), 0, 3)
@@ -67,7 +68,7 @@ SCRIPT = textwrap.dedent(
         return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(
             jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
-    kwargs = dict(num_candidates=8, sigma=0.1, key=0, chunk_size=chunk_size)
+    kwargs = dict(num_candidates=8, sigma=0.1, key=0, **options)
     per_device = 8 if chunk_size is None else min(chunk_size, 8)
     logits_shape = (per_device, 64, 3)  # the candidates evaluated at once, all the batch
     reference, _, _ = run(mls.mgs(**kwargs), x, y)
@@ -127,18 +128,26 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("chunk_size", [None, 4])
-def test_candidates_sharded_over_four_devices_match_one_device(run_python, chunk_size):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"chunk_size": 4},  # chunks folded into the weighted mean over the mesh
+        # Antithetic pairs split over the devices, and α chosen from the losses of all of them.
+        {"antithetic": True, "temperature": "auto"},
+    ],
+)
+def test_candidates_sharded_over_four_devices_match_one_device(run_python, options):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     env.pop("JAX_PLATFORMS", None)
-    stdout = run_python(["-c", SCRIPT, json.dumps(chunk_size)], env=env)
+    stdout = run_python(["-c", SCRIPT, json.dumps(options)], env=env)
     out = json.loads(stdout.strip().splitlines()[-1])
     assert out["one_axis"] < 1e-5, out
     assert out["replicated"] < 1e-5, out
     assert out["two_axes"] < 1e-5, out
     assert "AxisType.Explicit" in out["explicit_types"], out
     assert out["explicit"] < 1e-5, out
-    if chunk_size is None:
+    if "chunk_size" not in options:
         assert "candidates" in out["losses_spec"], out
     assert out["local_logits"] == out["expected_local_logits"], out
     assert out["local_logits2"] == out["expected_local_logits2"], out

@@ -416,7 +416,6 @@ def test_plan_of_a_default_cpu_step_takes_cache_sized_chunks(
         num_candidates, params, "cpu", False, None, 2**30, antithetic, None
     )
     assert plan.chunk == expected
-    assert plan.by_pairs == antithetic
 
 
 _PLAN = mls.transform._Plan
@@ -427,28 +426,32 @@ _MESH_SHARDING = object()  # only whether there is a mesh counts
     ("num_candidates", "dim", "backend", "auto", "chunk_size", "antithetic", "mesh", "expected"),
     [
         # Small CPU steps: all at once, written out.
-        (16, 10_000, "cpu", False, None, False, False, _PLAN(16, False, True)),
-        (16, 10_000, "cpu", True, None, False, False, _PLAN(16, False, True)),
+        (16, 10_000, "cpu", False, None, False, False, _PLAN(16, 16, True)),
+        (16, 10_000, "cpu", True, None, False, False, _PLAN(16, 16, True)),
         # A fixed α at d = 10⁶: chunks of 1, in cache.
-        (16, 1_000_000, "cpu", False, None, False, False, _PLAN(1, False, True)),
-        (16, 1_000_000, "cpu", False, "auto", False, False, _PLAN(1, False, True)),
-        # An automatic α keeps all n, as does an explicit chunk_size.
-        (16, 1_000_000, "cpu", True, None, False, False, _PLAN(16, False, True)),
-        (16, 1_000_000, "cpu", False, 16, False, False, _PLAN(16, False, True)),
-        (16, 1_000_000, "cpu", True, 8, False, False, _PLAN(8, False, True)),
+        (16, 1_000_000, "cpu", False, None, False, False, _PLAN(1, 1, True)),
+        (16, 1_000_000, "cpu", False, "auto", False, False, _PLAN(1, 1, True)),
+        # An automatic α keeps all n, as does an explicit chunk_size; an automatic α that is
+        # chunked draws its chunks again for the sum in cache-sized chunks.
+        (16, 1_000_000, "cpu", True, None, False, False, _PLAN(16, 1, True)),
+        (16, 1_000_000, "cpu", False, 16, False, False, _PLAN(16, 16, True)),
+        (16, 1_000_000, "cpu", False, 8, False, False, _PLAN(8, 8, True)),
+        (16, 1_000_000, "cpu", True, 8, False, False, _PLAN(8, 1, True)),
         # Below 4 MiB of perturbations no chunks; with an automatic α none at any size.
-        (4, 100_000, "cpu", False, None, False, False, _PLAN(4, False, True)),
-        (64, 100_000, "cpu", True, None, False, False, _PLAN(64, False, True)),
-        # Antithetic pairs are drawn together where every chunk holds whole pairs.
-        (16, 1_000_000, "cpu", False, None, True, False, _PLAN(2, True, True)),
-        (16, 1_000_000, "cpu", True, None, True, False, _PLAN(16, True, True)),
-        (16, 1_000_000, "cpu", True, 3, True, False, _PLAN(3, False, True)),
-        # A mesh keeps the chunk and splits antithetic pairs.
-        (16, 1_000_000, "cpu", False, None, True, True, _PLAN(16, False, True)),
+        (4, 100_000, "cpu", False, None, False, False, _PLAN(4, 4, True)),
+        (64, 100_000, "cpu", True, None, False, False, _PLAN(64, 8, True)),
+        # Antithetic pairs are drawn together: a chunk holds whole pairs, at least one.
+        (16, 1_000_000, "cpu", False, None, True, False, _PLAN(2, 2, True)),
+        (16, 1_000_000, "cpu", True, None, True, False, _PLAN(16, 2, True)),
+        (16, 1_000_000, "cpu", True, 3, True, False, _PLAN(2, 2, True)),
+        (16, 1_000_000, "cpu", False, 1, True, False, _PLAN(2, 2, True)),
+        # A mesh keeps the chunk.
+        (16, 1_000_000, "cpu", False, None, True, True, _PLAN(16, 16, True)),
+        (16, 1_000_000, "cpu", True, 4, False, True, _PLAN(4, 4, True)),
         # Other backends: jax's draw and the given chunk.
-        (16, 1_000_000, "gpu", False, None, False, False, _PLAN(16, False, False)),
-        (16, 1_000_000, "tpu", True, 4, True, False, _PLAN(4, True, False)),
-        (16, 1_000_000, "gpu", False, "auto", False, False, _PLAN(16, False, False)),
+        (16, 1_000_000, "gpu", False, None, False, False, _PLAN(16, 16, False)),
+        (16, 1_000_000, "tpu", True, 4, True, False, _PLAN(4, 4, False)),
+        (16, 1_000_000, "gpu", False, "auto", False, False, _PLAN(16, 16, False)),
     ],
 )
 def test_execution_plan(num_candidates, dim, backend, auto, chunk_size, antithetic, mesh, expected):
@@ -468,42 +471,42 @@ def test_execution_plan_with_auto_chunk_size_fits_the_memory_budget():
     assert plan.chunk == 5
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a rule of CPU steps")
 @pytest.mark.parametrize(
     ("temperature", "antithetic", "mesh"),
     [(0.5, False, False), (0.5, True, False), ("auto", False, False), (0.5, False, True)],
 )
-def test_default_step_on_cpu_goes_in_cache_sized_chunks(monkeypatch, temperature, antithetic, mesh):
-    # With a fixed α and no chunk_size or mesh, a CPU step whose perturbations exceed the cache
-    # budget is the chunked step with the chunk it picks; an automatic α (which would need a
-    # second draw) or a mesh keeps all candidates at once.
-    params, x, y, mle_loss, error_rate = _mlp_problem()
-    guide = jax.grad(mle_loss)(params, x, y)
-    per_candidate = 4 * sum(p.size for p in jax.tree.leaves(params))
-    monkeypatch.setattr(mls.transform, "_CPU_CHUNK_BYTES", 3 * per_candidate)
-    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    kwargs = dict(num_candidates=12, sigma=0.3, temperature=temperature, antithetic=antithetic)
+def test_default_step_on_cpu_goes_in_cache_sized_chunks(temperature, antithetic, mesh):
+    # With a fixed α and no chunk_size or mesh, a CPU step whose perturbations exceed 4 MiB
+    # (16 candidates of 175,000 float32 parameters, 11.2 MB) is the chunked step with the chunk
+    # the plan picks: 4, the largest power of two below the 5 candidates that fit. An automatic
+    # α (which would need a second draw) or a mesh keeps all candidates at once.
+    params = {"w": jnp.linspace(-1.0, 1.0, 175_000)}
+    guide = {"w": jnp.full((175_000,), 0.01)}
+    error_rate = lambda p: jnp.mean(jnp.abs(p["w"]) > 0.5).astype(jnp.float32)  # noqa: E731
+    kwargs = dict(num_candidates=16, sigma=0.3, temperature=temperature, antithetic=antithetic)
     if mesh:
         kwargs["mesh"] = jax.make_mesh((1,), ("candidates",))
 
     def run(**more):
-        out = _step(mls.mgs(**kwargs, **more), guide, params, error_rate, x=x, y=y)
+        out = _step(mls.mgs(**kwargs, **more), guide, params, error_rate)
         return optax.tree.unwrap_random_key_data(out)
 
     def loops(**more):
         tx = mls.mgs(**kwargs, **more)
-        step = lambda u, s: tx.update(u, s, params, task_loss_fn=error_rate, x=x, y=y)
+        step = lambda u, s: tx.update(u, s, params, task_loss_fn=error_rate)
         return str(jax.make_jaxpr(step)(guide, tx.init(params))).count("scan[")
 
     default = run()
-    chunked = run(chunk_size=2)  # the largest power of two that fits 3 candidates
-    at_once = run(chunk_size=12)
+    chunked = run(chunk_size=4)
+    at_once = run(chunk_size=16)
     if temperature == "auto" or mesh:
         chex.assert_trees_all_equal(default, at_once)
-        assert loops() == loops(chunk_size=12)
+        assert loops() == loops(chunk_size=16)
     else:
         chex.assert_trees_all_equal(default, chunked)
         chex.assert_trees_all_close(default, at_once, atol=1e-6)
-        assert loops() == loops(chunk_size=2) > loops(chunk_size=12)
+        assert loops() == loops(chunk_size=4) > loops(chunk_size=16)
 
 
 @pytest.mark.parametrize(
@@ -564,20 +567,22 @@ def test_chunked_weighted_sum_is_one_dot_per_chunk_inside_the_loop():
 
 
 @pytest.mark.parametrize(
-    ("chunk_size", "temperature", "antithetic", "draws_per_candidate"),
+    ("chunk_size", "temperature", "antithetic", "mesh", "draws_per_candidate"),
     [
-        (None, 1.0, False, 1),
-        (8, 1.0, False, 1),  # a chunk as large as n is the same single pass
-        (2, 1.0, False, 1),  # each chunk folded into the weighted mean as it is evaluated
-        (3, 1.0, False, 1),  # the same, with a remainder chunk
-        (None, "auto", False, 1),
-        (2, "auto", False, 2),  # α needs every loss: the drawing pass, then the summing pass
-        (None, 1.0, True, 1),  # antithetic pairs: one noise draw per pair
-        (4, 1.0, True, 1),
+        (None, 1.0, False, False, 1),
+        (8, 1.0, False, False, 1),  # a chunk as large as n is the same single pass
+        (2, 1.0, False, False, 1),  # each chunk folded into the weighted mean as it is evaluated
+        (3, 1.0, False, False, 1),  # the same, with a remainder chunk
+        (3, 1.0, False, True, 1),  # the same over a mesh
+        (None, "auto", False, False, 1),
+        (2, "auto", False, False, 2),  # α needs every loss: the drawing pass, then the summing one
+        (None, 1.0, True, False, 1),  # antithetic pairs: one noise draw per pair
+        (4, 1.0, True, False, 1),
+        (4, 1.0, True, True, 1),
     ],
 )
 def test_each_candidate_is_drawn_once_unless_alpha_needs_every_loss(
-    monkeypatch, chunk_size, temperature, antithetic, draws_per_candidate
+    monkeypatch, chunk_size, temperature, antithetic, mesh, draws_per_candidate
 ):
     # Counted as the compiled step runs: a host callback beside each noise draw records the
     # index it draws for. Without chunk_size the candidates are drawn once and kept for the
@@ -604,6 +609,7 @@ def test_each_candidate_is_drawn_once_unless_alpha_needs_every_loss(
         chunk_size=chunk_size,
         temperature=temperature,
         antithetic=antithetic,
+        mesh=jax.make_mesh((1,), ("candidates",)) if mesh else None,
     )
     jax.block_until_ready(_step(tx, guide, params, error_rate, x=x, y=y))
     jax.effects_barrier()

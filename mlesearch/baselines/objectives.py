@@ -31,7 +31,12 @@ import jax.numpy as jnp
 
 from mlesearch import _checks
 
+#: The values of ``mix``, how :func:`policy_gradient_loss` and :func:`grpo_loss` add the MLE
+#: loss with weight ``mle_weight`` w to their loss L: ``"convex"``, (1 - w)·L + w·L_MLE, or
+#: ``"additive"``, L + w·L_MLE.
 MLE_MIXES = ("convex", "additive")
+#: The values of ``kind`` in :func:`group_advantages`: ``"grpo"`` (cost less the group's mean,
+#: over its population standard deviation) or ``"rloo"`` (cost less the mean of the others).
 ADVANTAGE_KINDS = ("grpo", "rloo")
 
 

@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 
 import jax
 
+#: A model's parameter pytree, as its ``init`` returns it.
 Params = Any
+#: A batch of a task's data: a pytree of arrays whose leading axis is the examples.
 Batch = Any
 
 
