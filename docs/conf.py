@@ -151,11 +151,38 @@ def _skip_fields(app, what, name, obj, skip, options):
 def _parseable_defaults(app, what, name, obj, options, signature, return_annotation):
     """Writes the defaults whose ``repr`` is not Python as Python: ``<class 'numpy.float32'>``
     as ``numpy.float32``, and a dataclass field's ``<factory>`` as ``...``. A signature that
-    does not parse is shown as raw text."""
+    does not parse is shown as raw text. A flax linen module is shown without the ``parent``
+    and ``name`` that linen adds to every module's constructor."""
+    if what == "class" and _is_linen_module(obj):
+        kept = [
+            _parameter_text(p)
+            for p in inspect.signature(obj).parameters.values()
+            if p.name not in ("parent", "name")
+        ]
+        return f"({', '.join(kept)})", None
     if signature:
         signature = re.sub(r"<class '([\w.]+)'>", r"\1", signature)
         return signature.replace("<factory>", "..."), return_annotation
     return None
+
+
+def _parameter_text(parameter: inspect.Parameter) -> str:
+    """``name: annotation = default``, the annotation as written (not quoted)."""
+    text = parameter.name
+    if parameter.annotation is not parameter.empty:
+        annotation = parameter.annotation
+        if not isinstance(annotation, str):
+            annotation = inspect.formatannotation(annotation)
+        text += f": {annotation}"
+    if parameter.default is not parameter.empty:
+        text += f" = {parameter.default!r}"
+    return text
+
+
+def _is_linen_module(obj) -> bool:
+    import flax.linen
+
+    return isinstance(obj, type) and issubclass(obj, flax.linen.Module)
 
 
 class _RepositoryLinks(SphinxTransform):

@@ -64,6 +64,15 @@ def _check_api_pages(site: pathlib.Path) -> None:
         assert f'href="{page}"' in api_page, f"api.html does not link to {name}"
 
 
+def _check_module_signature(site: pathlib.Path) -> None:
+    """A flax linen module's page shows its own fields, not linen's ``parent`` and ``name``."""
+    page = (site / "_autosummary" / "mlesearch.models.TransformerLM.html").read_text()
+    signature = page.split('id="mlesearch.models.TransformerLM"', 1)[1].split("</dt>", 1)[0]
+    assert "config" in signature
+    assert "parent" not in signature, signature
+    assert '<span class="pre">name</span>' not in signature, signature
+
+
 def _check_notebook_pages(site: pathlib.Path) -> None:
     """Every notebook is a page with its stored outputs; the jupytext twins are not pages."""
     assert NOTEBOOKS
@@ -86,4 +95,5 @@ def test_the_site_builds_without_a_warning_with_every_api_name_and_notebook(tmp_
     site = tmp_path / "html"
     _build_site(site)
     _check_api_pages(site)
+    _check_module_signature(site)
     _check_notebook_pages(site)
