@@ -1,9 +1,10 @@
 r"""The MGS optax transformation :func:`mgs`, its state :class:`MGSState` and :class:`MGSInfo`.
 
 This module holds the plumbing: argument checks, PRNG keys carried in state, routing of extra
-arguments to the task loss, placement on a mesh, and the one pass over the candidates: chunk by
-chunk (all n at once by default), each chunk folded into the weighted mean as it is evaluated.
-The maths is in `sampling.py`.
+arguments to the task loss, the plan of a step (`_execution_plan`), and the one pass over the
+candidates: chunk by chunk (a single chunk of all n unless the plan or ``chunk_size`` says
+otherwise), each chunk folded into the weighted mean as it is evaluated. The placement on a mesh
+is in `_mesh.py`, the maths in `sampling.py`.
 
 References:
   [1] Welleck & Cho, `MLE-guided parameter search for task loss minimization in neural sequence
