@@ -365,7 +365,7 @@ def _step(
                     step_key, i, *sample, params=params, written_out=written_out
                 )
             )(groups)
-            return _mesh.constrain((groups, *drawn), sharding)
+            return (groups, *_mesh.constrain(drawn, sharding))
         pairs, log_q = jax.vmap(
             lambda j: sampling._sample_antithetic_pair_and_log_q(
                 step_key, j, *sample, params, written_out=written_out
@@ -380,13 +380,12 @@ def _step(
         loss = jnp.asarray(loss_fn(candidate), jnp.float32)
         return jnp.where(guide_is_finite | (index < num_zero_mean), loss, jnp.nan)
 
-    use_log_q = settings.weighting == "importance"
-
+    # log q is passed with every weighting; only "importance" reads it.
     def fold(running: Any, losses: jax.Array, log_q: jax.Array, deltas: Any) -> Any:
         return sampling._update_running_weighted_mean(
             running,
             losses,
-            log_q if use_log_q else None,
+            log_q,
             deltas,
             alpha,
             settings.weighting,
@@ -434,7 +433,7 @@ def _step(
         previous = state.info.temperature
         alpha = sampling.auto_temperature(
             losses,
-            log_q if use_log_q else None,
+            log_q,
             settings.target_ess,
             settings.weighting,
             fallback=jnp.where(previous > 0, previous, 1.0),
@@ -443,9 +442,7 @@ def _step(
             running = fold(start, losses, log_q, kept)
         else:
             running, _ = search(known=(losses.reshape(-1, group), log_q.reshape(-1, group)))
-    weights = sampling.candidate_weights(
-        losses, log_q if use_log_q else None, alpha, settings.weighting
-    )
+    weights = sampling.candidate_weights(losses, log_q, alpha, settings.weighting)
     # A traced σ that is not positive searches nothing: the update is the guide (zeros if it
     # is not finite, so that nothing non-finite reaches the update).
     searching = jnp.asarray(settings.sigma, jnp.float32) > 0
